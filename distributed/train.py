@@ -1,0 +1,123 @@
+"""One epoch of training and one evaluation pass (plain torch, no Ray).
+
+Data stays as uint8 tensors on the training device; batches are index slices of it and are augmented
+on the device (distributed.augment), so there is no DataLoader and no per-image Python work.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+from distributed.augment import augment, to_input
+from distributed.config import NUM_CLASSES, TrainConfig
+
+
+def macro_f1(pred: torch.Tensor, true: torch.Tensor, num_classes: int = NUM_CLASSES) -> float:
+    """Macro-averaged F1 from a confusion matrix; equals sklearn's f1_score(average='macro', zero_division=0).
+
+    Written in torch so that fold workers need not import scikit-learn (worker start-up time matters).
+    """
+    cm = torch.bincount(true.long() * num_classes + pred.long(), minlength=num_classes ** 2)
+    cm = cm.view(num_classes, num_classes).double()
+    tp = cm.diag()
+    denom = cm.sum(0) + cm.sum(1)  # (tp + fp) + (tp + fn)
+    present = (cm.sum(0) + cm.sum(1)) > 0  # sklearn averages over labels seen in true or pred
+    f1 = torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.zeros_like(tp))
+    return float(f1[present].mean()) if present.any() else 0.0
+
+
+def autocast(device: torch.device):
+    # bf16 on CUDA (no loss scaling needed); CPU bf16 is slower than fp32 on most CPUs, so fp32 there.
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: int):
+    """AdamW with a one-cycle schedule over the full budget (cfg.epochs); stepped once per batch."""
+    decay = [p for p in model.parameters() if p.ndim > 1]      # conv / linear weights
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]  # BN and biases
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.25)
+    return opt, sched
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return n // batch_size if n >= batch_size else 1  # drop the last partial batch (BN needs > 1 sample)
+
+
+def train_one_epoch(model, optimizer, scheduler, x_u8: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+                    generator: torch.Generator | None = None) -> dict:
+    """x_u8 (N, 28, 28) uint8 and y (N,) on the model's device. Returns loss, acc, f1, lr, seconds, n."""
+    device = x_u8.device
+    model.train()
+    t0 = time.perf_counter()
+    n = len(x_u8)
+    bs = min(cfg.batch_size, n)
+    order = torch.randperm(n, generator=generator, device="cpu").to(device)
+    total_loss = torch.zeros((), device=device)
+    preds, trues = [], []
+    for step in range(steps_per_epoch(n, bs)):
+        idx = order[step * bs:(step + 1) * bs]
+        xb = augment(x_u8[idx], cfg.rotate_deg, cfg.flip_p, cfg.erase_p, generator=None)
+        yb = y[idx]
+        with autocast(device):
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total_loss += loss.detach() * len(idx)
+        preds.append(logits.detach().argmax(1))
+        trues.append(yb)
+    pred, true = torch.cat(preds), torch.cat(trues)
+    seen = len(true)
+    return {
+        "loss": float(total_loss) / seen,
+        "acc": float((pred == true).float().mean()),
+        "f1": macro_f1(pred.cpu(), true.cpu()),
+        "lr": optimizer.param_groups[0]["lr"],
+        "seconds": time.perf_counter() - t0,
+        "n": seen,
+    }
+
+
+@torch.no_grad()
+def predict(model, x_u8: torch.Tensor, batch_size: int = 1024, embed: bool = False) -> dict:
+    """Softmax probabilities (N, 10) (and penultimate embeddings if embed) for uint8 images, in eval mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    probs, embs = [], []
+    for start in range(0, len(x_u8), batch_size):
+        xb = to_input(x_u8[start:start + batch_size].to(device))
+        with autocast(device):
+            e = model.embed(xb)
+            logits = model.classifier(e)
+        probs.append(logits.float().softmax(1))
+        if embed:
+            embs.append(e.float())
+    out = {"probs": torch.cat(probs)}
+    if embed:
+        out["embeddings"] = torch.cat(embs)
+    return out
+
+
+def evaluate(model, x_u8: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> dict:
+    """Loss, accuracy and macro-F1 on un-augmented images; also returns probs for out-of-fold predictions."""
+    t0 = time.perf_counter()
+    probs = predict(model, x_u8, batch_size)["probs"]
+    y = y.to(probs.device)
+    pred = probs.argmax(1)
+    loss = F.nll_loss(probs.clamp_min(1e-12).log(), y)
+    return {
+        "loss": float(loss),
+        "acc": float((pred == y).float().mean()),
+        "f1": macro_f1(pred.cpu(), y.cpu()),
+        "seconds": time.perf_counter() - t0,
+        "n": len(y),
+        "probs": probs,
+    }
