@@ -24,6 +24,9 @@ CLASS_NAMES = (
 
 # Hyperparameters the search space can sample (see distributed/search.py); each is a field of
 # ModelConfig or TrainConfig, and any one not searched keeps the config's value.
+# Per-fold metrics each fold worker reports every epoch (fold-mean/std/per-fold in Tune and the tables).
+FOLD_METRICS = ("train_loss", "train_acc", "train_f1", "val_loss", "val_acc", "val_f1", "lr", "seconds")
+
 SEARCHABLE = ("lr", "weight_decay", "dropout", "batch_size", "width", "depth", "label_smoothing", "erase_p")
 
 
@@ -65,13 +68,13 @@ class TrainConfig:
 @dataclass(frozen=True)
 class CVConfig:
     folds: int = 5
-    seed: int = 0                # the stratified split; stored as a fingerprint and checked on resume
+    fold_seed: int = 0           # the stratified split; stored as a fingerprint and checked on resume
 
 
 @dataclass(frozen=True)
 class SearchConfig:
     num_samples: int = 20        # trials
-    seed: int = 0                # TPE sampler seed
+    search_seed: int = 0         # TPE sampler seed
     scheduler: str = "asha"      # "asha" or "fifo" (every trial runs all epochs)
     grace_period: int = 1        # ASHA: epochs every trial gets before it can be stopped
     reduction_factor: int = 3    # ASHA: keep the top 1/reduction_factor at each rung
@@ -252,6 +255,16 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"--cpus-per-worker {r.cpus_per_worker}: must be > 0")
     if r.max_concurrent_trials is not None and r.max_concurrent_trials < 1:
         raise ConfigError(f"--max-concurrent-trials {r.max_concurrent_trials}: must be >= 1")
+
+
+def apply_hparams(cfg: ExperimentConfig, hparams: dict) -> tuple[ModelConfig, TrainConfig]:
+    """The model and train configs of one trial: the experiment's, with the sampled values replacing fields."""
+    model_keys = {k: v for k, v in hparams.items() if hasattr(cfg.model, k)}
+    train_keys = {k: v for k, v in hparams.items() if hasattr(cfg.train, k)}
+    unknown = set(hparams) - set(model_keys) - set(train_keys)
+    if unknown:
+        raise KeyError(f"hyperparameters {sorted(unknown)} are not fields of ModelConfig or TrainConfig")
+    return replace(cfg.model, **model_keys), replace(cfg.train, **train_keys)
 
 
 def save(cfg: ExperimentConfig, path) -> None:

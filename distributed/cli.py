@@ -1,0 +1,72 @@
+"""Command-line plumbing shared by the experiments/ scripts: flags generated from the config tree,
+and the one-line-on-stderr, exit-code-2 handling of bad input."""
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+from dataclasses import fields
+
+from distributed.config import PRESETS, TOP_LEVEL, ConfigError, ExperimentConfig, leaf_fields, override
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports bad flags as one line on stderr with exit code 2 (no usage dump)."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got '{text}'")
+
+
+def _converter(type_text: str):
+    """Turn a dataclass field's annotation (a string, from __future__ annotations) into an argparse type."""
+    base = type_text.replace(" ", "").replace("|None", "")
+    if base.startswith("tuple"):
+        return lambda s: tuple(p for p in s.split(",") if p)
+    conv = {"int": int, "float": float, "str": str, "bool": _parse_bool}[base]
+    if "None" in type_text:
+        return lambda s: None if s.lower() == "none" else conv(s)
+    return conv
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """--preset, --name, --storage-path, --resume, then one flag per leaf field of the config tree."""
+    parser.add_argument("--preset", default="quick", help=f"one of {', '.join(PRESETS)} (default: quick)")
+    parser.add_argument("--name", help="run name: results go to STORAGE_PATH/NAME (default: the preset's name)")
+    parser.add_argument("--storage-path", help="parent directory of run directories (default: results)")
+    parser.add_argument("--resume", action="store_true", help="continue the run directory of --name")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    defaults = ExperimentConfig()
+    for name, (section, f) in leaf_fields().items():
+        group = groups.setdefault(section, parser.add_argument_group(f"{section} (override the preset)"))
+        default = getattr(getattr(defaults, section), name)
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        group.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_converter(str(f.type)),
+                           default=argparse.SUPPRESS, metavar=name.upper(),
+                           help=f"{section}.{name} (base default {shown})")
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    if args.preset not in PRESETS:
+        raise ConfigError(f"--preset {args.preset}: unknown preset; choose one of {', '.join(PRESETS)}")
+    cfg = PRESETS[args.preset]
+    values = {k: v for k, v in vars(args).items() if k in leaf_fields()}
+    top = {"name": args.name or args.preset, "storage_path": args.storage_path or cfg.storage_path,
+           "resume": args.resume}
+    assert set(top) <= set(TOP_LEVEL)
+    return override(cfg, **top, **values)
+
+
+def fail(message: str, code: int = 2) -> typing.NoReturn:
+    sys.stderr.write(message.rstrip().replace("\n", " ") + "\n")
+    sys.exit(code)

@@ -1,0 +1,78 @@
+"""Driver-side preparation of a run, before Ray starts: data, split, fingerprints, run-directory checks.
+
+Everything here can fail with ConfigError (exit code 2) and writes nothing, so bad input never touches
+an existing run directory.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from distributed import data as fm
+from distributed.config import ConfigError, ExperimentConfig, load, to_dict
+from distributed.folds import make_folds, split_fingerprint
+
+# Fields that define what a run's numbers mean: a resumed run must keep them.
+RESUME_INVARIANTS = {
+    "cv.folds": lambda c: c.cv.folds, "cv.fold_seed": lambda c: c.cv.fold_seed,
+    "data.limit_train": lambda c: c.data.limit_train, "data.subset_seed": lambda c: c.data.subset_seed,
+    "search.space": lambda c: tuple(c.search.space), "search.search_seed": lambda c: c.search.search_seed,
+    "search.scheduler": lambda c: c.search.scheduler, "train.epochs": lambda c: c.train.epochs,
+    "model": lambda c: c.model, "train": lambda c: c.train,
+}
+
+
+def versions() -> dict:
+    import optuna
+    import ray
+    import torch
+    return {"ray": ray.__version__, "torch": torch.__version__, "optuna": optuna.__version__}
+
+
+def prepare_run(cfg: ExperimentConfig) -> tuple[Path, dict, dict]:
+    """Returns (run_dir, shared arrays for the object store, meta for summary.json)."""
+    run_dir = Path(cfg.storage_path) / cfg.name
+    if "://" in cfg.storage_path:
+        raise ConfigError(f"--storage-path {cfg.storage_path}: remote storage URIs are not supported yet; "
+                          f"use a local or shared (NFS) directory")
+    if run_dir.exists() and not cfg.resume:
+        raise ConfigError(f"run directory {run_dir} already exists: pass --resume to continue it, "
+                          f"or choose another --name")
+    if cfg.resume and not (run_dir / "config.json").exists():
+        raise ConfigError(f"--resume: {run_dir} is not a run directory of this tool (no config.json)")
+    if cfg.resume:
+        stored = load(run_dir / "config.json")
+        changed = [k for k, get in RESUME_INVARIANTS.items() if get(stored) != get(cfg)]
+        if changed:
+            raise ConfigError(f"--resume {cfg.name}: {', '.join(changed)} differ from the stored run "
+                              f"({run_dir}/config.json); pass the same settings or choose another --name")
+
+    dataset = fm.load(cfg.data)
+    positions = fm.stratified_subset(dataset.train_y, cfg.data.limit_train, cfg.data.subset_seed)
+    folds = make_folds(dataset.train_y[positions], cfg.cv.folds, cfg.cv.fold_seed)
+    meta = {
+        "data_fingerprint": fm.fingerprint(dataset.train_x, dataset.train_y, dataset.test_x, dataset.test_y),
+        "split_fingerprint": split_fingerprint(folds, positions),
+        "n_train": int(len(positions)), "data_source": dataset.source, "versions": versions(),
+    }
+    if cfg.resume and (run_dir / "summary.json").exists():
+        try:
+            old = json.loads((run_dir / "summary.json").read_text())
+        except json.JSONDecodeError:
+            raise ConfigError(f"--resume: {run_dir}/summary.json is corrupt (truncated?)") from None
+        for key in ("data_fingerprint", "split_fingerprint"):
+            if old.get(key) != meta[key]:
+                raise ConfigError(f"--resume {cfg.name}: {key} {meta[key]} differs from the stored "
+                                  f"{old.get(key)}: the data or the folds changed")
+        meta["wall_s_before"] = float(old.get("wall_s", 0.0))
+    shared = {"x": dataset.train_x, "y": dataset.train_y, "positions": positions,
+              "folds": [np.asarray(f) for f in folds]}
+    return run_dir, shared, meta
+
+
+def start_run_dir(run_dir: Path, cfg: ExperimentConfig) -> None:
+    from distributed.io import write_json_atomic
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / "config.json", to_dict(cfg))

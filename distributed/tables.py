@@ -1,0 +1,146 @@
+"""The run-directory tables, built from what Tune wrote to disk (so a resumed run rebuilds them whole).
+
+    RUN_DIR/tune/<trial_id>/result.json   one JSON line per epoch: fold-mean/std/per-fold metrics
+    RUN_DIR/tune/<trial_id>/params.json   the sampled hyperparameters
+    RUN_DIR/tune/<trial_id>/error.txt     present when the trial failed
+  ->
+    RUN_DIR/epochs.parquet   one row per (trial, epoch, fold)
+    RUN_DIR/trials.parquet   one row per trial: config, status, epochs run, final fold-mean/std/per-fold metrics
+    RUN_DIR/summary.json     the contract of DESIGN section 4
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from distributed.config import FOLD_METRICS, METRIC, MODE, ExperimentConfig, apply_hparams
+from distributed.io import write_bytes_atomic, write_json_atomic
+
+FINAL_METRICS = ("val_acc", "val_f1", "val_loss", "train_acc", "train_loss", "train_f1")
+STATUSES = ("completed", "pruned", "errored", "running")
+
+
+def read_trial(trial_dir: Path) -> tuple[dict, list[dict]]:
+    params_file, result_file = trial_dir / "params.json", trial_dir / "result.json"
+    params = json.loads(params_file.read_text()) if params_file.exists() else {}
+    results = []
+    if result_file.exists():
+        for line in result_file.read_text().splitlines():
+            try:
+                results.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a killed driver
+                break
+    return params, results
+
+
+def trial_dirs(run_dir: Path) -> list[Path]:
+    tune_dir = Path(run_dir) / "tune"
+    if not tune_dir.is_dir():
+        return []
+    return sorted(p for p in tune_dir.iterdir() if p.is_dir() and (p / "params.json").exists())
+
+
+def infer_status(trial_dir: Path, epochs_run: int, max_epochs: int, known: str | None) -> str:
+    if known:
+        return known
+    if (trial_dir / "error.txt").exists() or (trial_dir / "error.pkl").exists():
+        return "errored"
+    return "completed" if epochs_run >= max_epochs else "running"
+
+
+def statuses_from_disk(run_dir: Path) -> dict[str, str]:
+    """Statuses recorded in the previous trials.parquet (used when a run is resumed)."""
+    path = Path(run_dir) / "trials.parquet"
+    if not path.exists():
+        return {}
+    df = pd.read_parquet(path, columns=["trial_id", "status"])
+    return {t: s for t, s in zip(df.trial_id, df.status) if s != "running"}
+
+
+def build_tables(run_dir: Path, cfg: ExperimentConfig, statuses: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    run_dir = Path(run_dir)
+    trial_rows, epoch_rows = [], []
+    for d in trial_dirs(run_dir):
+        hparams, results = read_trial(d)
+        trial_id = d.name
+        by_epoch = {r["epoch"]: r for r in results if "epoch" in r}  # a retried epoch: keep the last report
+        for epoch, r in sorted(by_epoch.items()):
+            for fold in range(r["num_folds"]):
+                row = {"trial_id": trial_id, "epoch": epoch, "fold": fold}
+                row.update({m: r[f"{m}_folds"][fold] for m in FOLD_METRICS})
+                epoch_rows.append(row)
+        last = by_epoch[max(by_epoch)] if by_epoch else {}
+        epochs_run = int(last.get("epoch", 0))
+        model_cfg, train_cfg = apply_hparams(cfg, hparams)
+        row = {"trial_id": trial_id,
+               "status": infer_status(d, epochs_run, cfg.train.epochs, statuses.get(trial_id)),
+               "epochs_run": epochs_run}
+        row.update({f"config_{k}": v for k, v in {**asdict(model_cfg), **asdict(train_cfg)}.items()})
+        row["searched"] = ",".join(sorted(hparams))
+        for m in FINAL_METRICS:
+            row[f"{m}_mean"] = last.get(f"{m}_mean")
+            row[f"{m}_std"] = last.get(f"{m}_std")
+            for fold, v in enumerate(last.get(f"{m}_folds", [])):
+                row[f"{m}_fold{fold}"] = v
+        ckpt = last.get("checkpoint_path")
+        row["checkpoint_path"] = str(Path(ckpt).resolve().relative_to(run_dir.resolve())) if ckpt else None
+        row["node_ip"] = last.get("node_ip")
+        row["time_total_s"] = last.get("time_total_s")
+        trial_rows.append(row)
+    trials = pd.DataFrame(trial_rows)
+    epochs = pd.DataFrame(epoch_rows, columns=["trial_id", "epoch", "fold", *FOLD_METRICS])
+    return trials, epochs
+
+
+def best_trial(trials: pd.DataFrame) -> pd.Series | None:
+    """The best trial by the one metric, among trials that ran the full budget (others are not comparable)."""
+    if trials.empty:
+        return None
+    done = trials[trials.status == "completed"].dropna(subset=[f"{METRIC}"])
+    if done.empty:
+        return None
+    ordered = done.sort_values(METRIC, ascending=(MODE == "min"), kind="stable")
+    return ordered.iloc[0]
+
+
+def make_summary(cfg: ExperimentConfig, trials: pd.DataFrame, epochs: pd.DataFrame, meta: dict, wall_s: float) -> dict:
+    count = (lambda s: int((trials.status == s).sum())) if not trials.empty else (lambda s: 0)
+    best = best_trial(trials)
+    best_config = None
+    best_cv = None
+    if best is not None:
+        best_config = {k[len("config_"):]: _py(best[k]) for k in best.index if k.startswith("config_")}
+        best_cv = {"val_acc_mean": _py(best.val_acc_mean), "val_acc_std": _py(best.val_acc_std),
+                   "val_f1_mean": _py(best.val_f1_mean), "val_loss_mean": _py(best.val_loss_mean)}
+    return {
+        "name": cfg.name, "preset": cfg.preset, "folds": cfg.cv.folds,
+        "num_samples": cfg.search.num_samples,
+        "n_trials": int(len(trials)),
+        "n_trials_completed": count("completed"), "n_trials_pruned": count("pruned"),
+        "n_trials_errored": count("errored"),
+        "epochs_run_total": int(trials.epochs_run.sum()) if not trials.empty else 0,
+        "max_epochs": cfg.train.epochs,
+        "metric": METRIC, "mode": MODE,
+        "best_trial_id": None if best is None else best.trial_id,
+        "best_config": best_config, "best_cv": best_cv,
+        "best_checkpoint": None if best is None else best.checkpoint_path,
+        "split_fingerprint": meta["split_fingerprint"], "data_fingerprint": meta["data_fingerprint"],
+        "n_train": meta["n_train"], "limit_train": cfg.data.limit_train,
+        "wall_s": round(wall_s, 2), "versions": meta["versions"], "devices": meta.get("devices"),
+    }
+
+
+def _py(v):
+    return v.item() if hasattr(v, "item") else v
+
+
+def write_run_tables(run_dir: Path, cfg: ExperimentConfig, meta: dict, statuses: dict[str, str], wall_s: float) -> dict:
+    trials, epochs = build_tables(run_dir, cfg, statuses)
+    for name, df in (("trials.parquet", trials), ("epochs.parquet", epochs)):
+        write_bytes_atomic(Path(run_dir) / name, df.to_parquet(index=False))
+    summary = make_summary(cfg, trials, epochs, meta, wall_s)
+    write_json_atomic(Path(run_dir) / "summary.json", summary)
+    return summary

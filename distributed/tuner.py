@@ -1,0 +1,186 @@
+"""Wiring: Ray Tune (OptunaSearch + ASHA) over trials that are each a K-worker Ray Train run.
+
+    run_search(cfg, dataset)
+      -> ray.put the uint8 arrays + the fold split once
+      -> Tuner(run_trial, CVOptunaSearch(TPE, optuna.db), ASHA, RunConfig(storage=RUN_DIR/tune))
+           run_trial: TorchTrainer(fold_worker, K workers, gloo) with FoldMeanReport -> Tune
+      -> RUN_DIR: summary.json, trials.parquet, epochs.parquet (rewritten after every finished trial)
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+import ray.train
+import ray.tune
+from ray.train.torch import TorchConfig, TorchTrainer
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
+
+from distributed import tables
+from distributed.config import FOLD_METRICS, METRIC, MODE, ConfigError, ExperimentConfig, from_dict, to_dict
+from distributed.cv import fold_worker
+from distributed.search import make_searcher
+
+
+# The trial function only waits on its Train run (the K workers hold the real resources), but Tune
+# refuses an empty resource request: it gets a token share of a CPU.
+TRIAL_CPU = 0.01
+
+
+class FoldMeanReport(TuneReportCallback):
+    """Forward the K folds' metrics to Tune as fold-mean, fold-std (ddof=1) and per-fold lists.
+
+    Ray's TuneReportCallback forwards rank 0's dict only; here rank k is fold k, so aggregate all of them.
+    """
+
+    def after_report(self, run_context, metrics, checkpoint):
+        folds = sorted(metrics, key=lambda m: m["fold"])
+        out = {"epoch": folds[0]["epoch"], "num_folds": len(folds)}
+        for key in FOLD_METRICS:
+            values = [float(m[key]) for m in folds]
+            out[f"{key}_mean"] = float(np.mean(values))
+            out[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            out[f"{key}_folds"] = values
+        if checkpoint:
+            out[CHECKPOINT_PATH_KEY] = checkpoint.path
+        self._training_actor_item_queue.put(out)
+
+
+def run_trial(hparams: dict, experiment: dict, shared: list, run_dir: str, resources: dict) -> None:
+    """One Tune trial: K fold workers on Ray Train. The trial id names its Train run (resume finds it)."""
+    cfg = from_dict(experiment)
+    trial_id = ray.tune.get_context().get_trial_id()
+    trainer = TorchTrainer(
+        fold_worker,
+        train_loop_config={"experiment": experiment, "hparams": hparams, "data_ref": shared[0]},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.cv.folds, use_gpu=resources["gpu"] > 0,
+            resources_per_worker={"CPU": resources["cpu"], "GPU": resources["gpu"]},
+        ),
+        # gloo: fractional GPUs per worker share a device, which NCCL refuses; only metrics cross ranks.
+        torch_config=TorchConfig(backend="gloo"),
+        run_config=ray.train.RunConfig(
+            name=trial_id, storage_path=str(Path(run_dir) / "folds"),
+            callbacks=[FoldMeanReport()],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.search.max_failures),
+        ),
+    )
+    trainer.fit()
+
+
+def plan_resources(cfg: ExperimentConfig, cluster: dict) -> dict:
+    """Per-worker CPU/GPU and concurrent trials, from the flags and what the Ray cluster offers."""
+    r, k = cfg.resources, cfg.cv.folds
+    have_gpus, have_cpus = float(cluster.get("GPU", 0)), float(cluster.get("CPU", 0))
+    num_gpus = have_gpus if r.num_gpus is None else float(r.num_gpus)
+    if num_gpus > have_gpus:
+        raise ConfigError(f"--num-gpus {r.num_gpus:g}: the Ray cluster offers {have_gpus:g} GPU(s)")
+    if num_gpus > 0:
+        gpu = r.gpus_per_worker or 1.0 / k
+        cpu = r.cpus_per_worker or 1.0
+        by_gpu = int(math.floor(num_gpus / (gpu * k) + 1e-9))
+        if by_gpu < 1:
+            raise ConfigError(f"--num-gpus {num_gpus:g}: one trial needs {gpu * k:g} GPU(s) "
+                              f"({k} folds x {gpu:g}); raise --num-gpus or lower --gpus-per-worker")
+    else:
+        gpu = 0.0
+        # CPU-only: one trial fills the machine (what its trial function holds aside)
+        cpu = r.cpus_per_worker or max(math.floor((have_cpus - TRIAL_CPU) / k * 1e4) / 1e4, 0.01)
+        by_gpu = sys.maxsize
+    by_cpu = int(math.floor(have_cpus / (cpu * k + TRIAL_CPU) + 1e-9))
+    if by_cpu < 1:
+        raise ConfigError(f"--cpus-per-worker {cpu:g}: one trial needs {cpu * k:g} CPUs, "
+                          f"the Ray cluster offers {have_cpus:g}")
+    concurrent = min(by_gpu, by_cpu, cfg.search.num_samples)
+    if r.max_concurrent_trials:
+        concurrent = min(concurrent, r.max_concurrent_trials)
+    return {"cpu": round(cpu, 4), "gpu": round(gpu, 4), "num_gpus": num_gpus, "concurrent": concurrent,
+            "cluster": {"CPU": have_cpus, "GPU": have_gpus}}
+
+
+class RunTracker(ray.tune.Callback):
+    """Driver-side progress lines, and the run-directory tables rewritten after every finished trial."""
+
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path, meta: dict):
+        self.cfg, self.run_dir, self.meta = cfg, run_dir, meta
+        self.t0 = time.monotonic()
+        self.statuses: dict[str, str] = {}
+
+    def _say(self, msg: str) -> None:
+        print(f"[{time.monotonic() - self.t0:7.1f}s] {msg}", flush=True)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        hp = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.config.items())
+        self._say(f"trial {trial.trial_id} started: {hp}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        folds = " ".join(f"{v:.3f}" for v in result.get("val_acc_folds", []))
+        self._say(f"trial {trial.trial_id} epoch {result['epoch']}/{self.cfg.train.epochs}: "
+                  f"val_acc {result['val_acc_mean']:.4f} ± {result['val_acc_std']:.4f} (folds {folds}), "
+                  f"val_loss {result['val_loss_mean']:.4f}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        epochs = trial.last_result.get("epoch", 0) if trial.last_result else 0
+        status = "completed" if epochs >= self.cfg.train.epochs else "pruned"
+        self.statuses[trial.trial_id] = status
+        self._say(f"trial {trial.trial_id} {status} after {epochs} epoch(s)")
+        self.write(final=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.statuses[trial.trial_id] = "errored"
+        error = (self.run_dir / "tune" / trial.trial_id / "error.txt")
+        last = error.read_text().strip().splitlines()[-1] if error.exists() else "no error.txt"
+        self._say(f"trial {trial.trial_id} errored: {last} (full trace: {error})")
+        self.write(final=False)
+
+    def write(self, final: bool) -> dict:
+        wall = self.meta.get("wall_s_before", 0.0) + time.monotonic() - self.t0
+        return tables.write_run_tables(self.run_dir, self.cfg, self.meta, self.statuses, wall)
+
+
+def run_search(cfg: ExperimentConfig, run_dir: Path, shared: dict, meta: dict) -> dict:
+    """Run (or resume) the search; return the summary dict. Ray must already be initialised."""
+    res = plan_resources(cfg, ray.cluster_resources())
+    meta["devices"] = {"num_gpus": res["num_gpus"], "gpus_per_worker": res["gpu"], "cpus_per_worker": res["cpu"],
+                       "concurrent_trials": res["concurrent"], "cluster": res["cluster"]}
+    print(f"resources: {cfg.cv.folds} fold workers per trial x ({res['cpu']:g} CPU, {res['gpu']:g} GPU); "
+          f"up to {res['concurrent']} trial(s) at once; cluster {res['cluster']}", flush=True)
+
+    data_ref = ray.put(shared)  # the only copy of the data; fold workers read it zero-copy
+    trainable = ray.tune.with_resources(
+        ray.tune.with_parameters(run_trial, experiment=to_dict(cfg), shared=[data_ref], run_dir=str(run_dir.resolve()),
+                                 resources=res),
+        {"cpu": TRIAL_CPU})
+    tracker = RunTracker(cfg, run_dir, meta)
+    tune_dir = run_dir / "tune"
+    if cfg.resume and ray.tune.Tuner.can_restore(str(tune_dir)):
+        tracker.statuses = tables.statuses_from_disk(run_dir)
+        tuner = ray.tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True)
+        # Callbacks are not part of the restored state: attach this session's tracker.
+        tuner._local_tuner._run_config.callbacks = [tracker]
+    else:
+        scheduler = (ray.tune.schedulers.ASHAScheduler(
+            time_attr="training_iteration", max_t=cfg.train.epochs, grace_period=cfg.search.grace_period,
+            reduction_factor=cfg.search.reduction_factor)
+            if cfg.search.scheduler == "asha" else ray.tune.schedulers.FIFOScheduler())
+        tuner = ray.tune.Tuner(
+            trainable,
+            tune_config=ray.tune.TuneConfig(
+                metric=METRIC, mode=MODE, num_samples=cfg.search.num_samples,
+                search_alg=make_searcher(cfg, f"sqlite:///{(run_dir / 'optuna.db').resolve()}"),
+                scheduler=scheduler, max_concurrent_trials=res["concurrent"],
+                trial_dirname_creator=lambda t: t.trial_id, trial_name_creator=lambda t: t.trial_id,
+            ),
+            run_config=ray.tune.RunConfig(
+                name="tune", storage_path=str(run_dir.resolve()), callbacks=[tracker], verbose=0,
+                failure_config=ray.tune.FailureConfig(max_failures=cfg.search.max_failures),
+            ),
+        )
+    tuner.fit()
+    return tracker.write(final=True)

@@ -1,0 +1,67 @@
+"""Hyperparameter search with 5-fold cross-validation inside every trial (Ray Tune + Optuna TPE + ASHA).
+
+Each trial is a Ray Train run of K workers, one per fold; ASHA stops weak trials on the fold-mean
+validation accuracy. Results go to results/NAME (summary.json, trials.parquet, epochs.parquet, optuna.db).
+
+    python experiments/tune.py                          # the quick preset, on whatever this machine has
+    python experiments/tune.py --num-gpus 4 --preset full
+    python experiments/tune.py --address auto --num-gpus 8 --preset full --storage-path /mnt/shared
+    python experiments/tune.py --name quick --resume    # continue an interrupted run
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from distributed.cli import ArgumentParser, add_config_flags, config_from_args, fail  # noqa: E402
+from distributed.config import METRIC, ConfigError, validate  # noqa: E402
+from distributed.run import prepare_run, start_run_dir  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = ArgumentParser(prog="tune.py", description=__doc__.split("\n\n")[0])
+    add_config_flags(parser)
+    parser.add_argument("--ray-logs", action="store_true",
+                        help="stream Ray's worker and Train logs (default: only this script's progress lines)")
+    args = parser.parse_args(argv)
+    try:  # everything that can be wrong with the input is found here, before Ray starts
+        cfg = config_from_args(args)
+        validate(cfg)
+        run_dir, shared, meta = prepare_run(cfg)
+    except ConfigError as e:
+        fail(f"tune.py: error: {e}")
+
+    import ray
+    from distributed.tuner import plan_resources, run_search
+
+    if not ray.is_initialized():
+        ray.init(address=cfg.resources.address, log_to_driver=args.ray_logs, configure_logging=args.ray_logs)
+    try:
+        plan_resources(cfg, ray.cluster_resources())  # e.g. --num-gpus beyond what the cluster has
+    except ConfigError as e:
+        ray.shutdown()
+        fail(f"tune.py: error: {e}")
+
+    start_run_dir(run_dir, cfg)
+    print(f"run directory: {run_dir}  ({meta['n_train']} training images, {cfg.cv.folds} folds, "
+          f"{cfg.search.num_samples} trials x up to {cfg.train.epochs} epochs)", flush=True)
+    summary = run_search(cfg, run_dir, shared, meta)
+
+    print(f"\n{summary['n_trials']} trials: {summary['n_trials_completed']} completed, "
+          f"{summary['n_trials_pruned']} pruned, {summary['n_trials_errored']} errored; "
+          f"{summary['epochs_run_total']} trial-epochs in {summary['wall_s']:.0f} s")
+    if summary["best_trial_id"] is None:
+        print("no trial completed its full budget: no best configuration", file=sys.stderr)
+        return 1
+    cv = summary["best_cv"]
+    print(f"best trial {summary['best_trial_id']}: {METRIC} {cv['val_acc_mean']:.4f} ± {cv['val_acc_std']:.4f}, "
+          f"macro-F1 {cv['val_f1_mean']:.4f}")
+    print("best config: " + ", ".join(f"{k}={v}" for k, v in summary["best_config"].items()))
+    print(f"results: {run_dir}/  (report: python experiments/report.py {run_dir})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
