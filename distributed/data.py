@@ -154,3 +154,24 @@ def fingerprint(*arrays: np.ndarray) -> str:
         h.update(f"{a.dtype}{a.shape}".encode())
         h.update(a.tobytes())
     return h.hexdigest()[:16]
+
+
+def main(argv=None) -> int:
+    """`python -m distributed.data [--download]`: check (or fetch) the dataset; used by the Makefile."""
+    import argparse
+    import sys
+    parser = argparse.ArgumentParser(prog="python -m distributed.data", description=main.__doc__)
+    parser.add_argument("--data-dir")
+    parser.add_argument("--download", action="store_true", help="fetch with torchvision when no files are found")
+    args = parser.parse_args(argv)
+    try:
+        d = load(DataConfig(data_dir=args.data_dir, download=args.download))
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"Fashion-MNIST: {len(d.train_x)} training + {len(d.test_x)} test images from {d.source}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

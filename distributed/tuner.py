@@ -145,6 +145,7 @@ class RunTracker(ray.tune.Callback):
 
 def run_search(cfg: ExperimentConfig, run_dir: Path, shared: dict, meta: dict) -> dict:
     """Run (or resume) the search; return the summary dict. Ray must already be initialised."""
+    run_dir = run_dir.resolve()  # Ray's storage layer takes absolute paths or URIs only
     res = plan_resources(cfg, ray.cluster_resources())
     meta["devices"] = {"num_gpus": res["num_gpus"], "gpus_per_worker": res["gpu"], "cpus_per_worker": res["cpu"],
                        "concurrent_trials": res["concurrent"], "cluster": res["cluster"]}
@@ -153,7 +154,7 @@ def run_search(cfg: ExperimentConfig, run_dir: Path, shared: dict, meta: dict) -
 
     data_ref = ray.put(shared)  # the only copy of the data; fold workers read it zero-copy
     trainable = ray.tune.with_resources(
-        ray.tune.with_parameters(run_trial, experiment=to_dict(cfg), shared=[data_ref], run_dir=str(run_dir.resolve()),
+        ray.tune.with_parameters(run_trial, experiment=to_dict(cfg), shared=[data_ref], run_dir=str(run_dir),
                                  resources=res),
         {"cpu": TRIAL_CPU})
     tracker = RunTracker(cfg, run_dir, meta)
@@ -162,8 +163,9 @@ def run_search(cfg: ExperimentConfig, run_dir: Path, shared: dict, meta: dict) -
         tracker.statuses = tables.statuses_from_disk(run_dir)
         tuner = ray.tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
-        # Callbacks are not part of the restored state: attach this session's tracker.
-        tuner._local_tuner._run_config.callbacks = [tracker]
+        # The restored RunConfig carries the previous session's tracker (its clock and statuses are
+        # stale): swap in this session's. Ray exposes no public setter for this.
+        tuner._local_tuner.get_run_config().callbacks = [tracker]
     else:
         scheduler = (ray.tune.schedulers.ASHAScheduler(
             time_attr="training_iteration", max_t=cfg.train.epochs, grace_period=cfg.search.grace_period,
@@ -178,7 +180,7 @@ def run_search(cfg: ExperimentConfig, run_dir: Path, shared: dict, meta: dict) -
                 trial_dirname_creator=lambda t: t.trial_id, trial_name_creator=lambda t: t.trial_id,
             ),
             run_config=ray.tune.RunConfig(
-                name="tune", storage_path=str(run_dir.resolve()), callbacks=[tracker], verbose=0,
+                name="tune", storage_path=str(run_dir), callbacks=[tracker], verbose=0,
                 failure_config=ray.tune.FailureConfig(max_failures=cfg.search.max_failures),
             ),
         )

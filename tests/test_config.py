@@ -1,0 +1,65 @@
+"""The config tree: presets, overrides by name, validation messages, round trips."""
+import dataclasses
+
+import pytest
+
+from distributed.config import (PRESETS, SEARCHABLE, ConfigError, ExperimentConfig, apply_hparams, from_dict,
+                                leaf_fields, override, to_dict, validate)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_are_valid_and_round_trip(name):
+    cfg = PRESETS[name]
+    validate(cfg)
+    assert from_dict(to_dict(cfg)) == cfg
+
+
+def test_override_by_leaf_name():
+    cfg = override(PRESETS["quick"], lr=0.01, folds=3, name="x", space=("lr",))
+    assert (cfg.train.lr, cfg.cv.folds, cfg.name, cfg.search.space) == (0.01, 3, "x", ("lr",))
+    assert cfg.model == PRESETS["quick"].model
+
+
+def test_unknown_keys_fail_loudly():
+    with pytest.raises(ConfigError, match="unknown config field 'learning_rate'"):
+        override(PRESETS["quick"], learning_rate=1)
+    d = to_dict(PRESETS["quick"])
+    d["train"]["lr_max"] = 1
+    with pytest.raises(ConfigError, match=r"unknown keys \['lr_max'\] in config section 'train'"):
+        from_dict(d)
+
+
+def test_leaf_names_unique_and_cover_searchable():
+    leaves = leaf_fields()
+    assert set(SEARCHABLE) <= set(leaves)
+    total = sum(len(dataclasses.fields(getattr(ExperimentConfig(), s))) for s in
+                ("data", "model", "train", "cv", "search", "resources"))
+    assert len(leaves) == total
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(folds=1), "--folds 1: cross-validation needs at least 2 folds"),
+    (dict(epochs=0), "--epochs 0: must be a positive integer"),
+    (dict(num_samples=-3), "--num-samples -3: must be a positive integer"),
+    (dict(limit_train=20), "--limit-train 20: must be at least folds x classes = 50"),
+    (dict(lr=0.0), "--lr 0.0: must be > 0"),
+    (dict(dropout=1.0), r"--dropout 1.0: must be in \[0, 1\)"),
+    (dict(depth=4), "--depth 4: must be 1, 2 or 3"),
+    (dict(scheduler="hyperband"), "--scheduler hyperband: choose 'asha' or 'fifo'"),
+    (dict(space=("lr", "momentum")), "--space momentum: not searchable"),
+    (dict(grace_period=9), r"--grace-period 9: must be between 1 and --epochs \(4\)"),
+    (dict(num_gpus=-1.0), "--num-gpus -1.0: must be >= 0"),
+    (dict(gpus_per_worker=1.5), r"--gpus-per-worker 1.5: must be in \(0, 1\]"),
+    (dict(preset="huge"), "unknown preset 'huge'"),
+    (dict(name="../x"), "bad run name '../x'"),
+])
+def test_validate_names_the_bad_value(values, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(override(PRESETS["quick"], **values))
+
+
+def test_apply_hparams_routes_fields():
+    model, train = apply_hparams(PRESETS["quick"], {"lr": 0.004, "width": 64, "dropout": 0.1, "erase_p": 0.3})
+    assert (model.width, model.dropout, train.lr, train.erase_p) == (64, 0.1, 0.004, 0.3)
+    with pytest.raises(KeyError, match="momentum"):
+        apply_hparams(PRESETS["quick"], {"momentum": 0.9})

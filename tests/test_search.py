@@ -1,0 +1,60 @@
+"""The search space and the searcher's PRUNED bookkeeping, driven directly (no Ray cluster needed)."""
+import functools
+
+import optuna
+import pytest
+
+from distributed.config import PRESETS, SEARCHABLE, override
+from distributed.search import define_space, make_searcher
+
+
+def test_space_samples_exactly_the_named_hyperparameters():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(30):
+        trial = study.ask()
+        define_space(trial, SEARCHABLE)
+        p = trial.params
+        assert set(p) == set(SEARCHABLE)
+        assert 3e-4 <= p["lr"] <= 1e-2 and 1e-5 <= p["weight_decay"] <= 5e-2
+        assert p["batch_size"] in (64, 128, 256) and p["width"] in (16, 32, 64) and p["depth"] in (2, 3)
+        assert 0 <= p["dropout"] <= 0.6 and 0 <= p["label_smoothing"] <= 0.2 and 0 <= p["erase_p"] <= 0.5
+    assert study.trials[0].distributions["lr"].log and study.trials[0].distributions["weight_decay"].log
+    trial = study.ask()
+    define_space(trial, ("dropout",))
+    assert set(trial.params) == {"dropout"}
+
+
+def result(value, it):
+    return {"val_acc_mean": value, "training_iteration": it}
+
+
+def test_asha_stopped_trials_are_pruned_with_whole_curves(tmp_path):
+    cfg = override(PRESETS["smoke"], epochs=3, name="unit")
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = make_searcher(cfg, url)
+    configs = [searcher.suggest(f"t{i}") for i in range(3)]
+    assert all(set(c) == set(cfg.search.space) for c in configs)
+    # t0 runs the full budget; t1 is stopped after epoch 1; t2 errors
+    searcher.on_trial_result("t0", result(0.5, 1))
+    searcher.on_trial_result("t0", result(0.6, 2))
+    searcher.on_trial_complete("t0", result(0.7, 3))
+    searcher.on_trial_complete("t1", result(0.3, 1))
+    searcher.on_trial_complete("t2", None, error=True)
+    study = optuna.load_study(study_name="unit", storage=url)
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+                      optuna.trial.TrialState.FAIL]
+    assert study.trials[0].value == pytest.approx(0.7)
+    assert study.trials[0].intermediate_values == {1: 0.5, 2: 0.6, 3: 0.7}
+    # Optuna stores a pruned trial's last intermediate value as its value; the state is what TPE reads
+    assert study.trials[1].intermediate_values == {1: 0.3}
+    assert study.best_trial.number == 0
+
+
+def test_space_function_is_picklable():
+    import pickle
+    f = pickle.loads(pickle.dumps(functools.partial(define_space, space=("lr",))))
+    study = optuna.create_study()
+    t = study.ask()
+    f(t)
+    assert list(t.params) == ["lr"]
