@@ -132,9 +132,9 @@ PRESETS: dict[str, ExperimentConfig] = {
     # `make run`: a real 5-fold search that finishes in minutes on a 2-core CPU.
     "quick": _preset(
         "quick",
-        data=dict(limit_train=6000),
+        data=dict(limit_train=10000),
         model=dict(width=16, depth=2, convs_per_block=1, fc_width=128),
-        train=dict(epochs=4, batch_size=128),
+        train=dict(epochs=5, batch_size=128),
         search=dict(num_samples=6, grace_period=1, reduction_factor=3,
                     space=("lr", "weight_decay", "dropout", "label_smoothing")),
     ),

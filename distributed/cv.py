@@ -49,6 +49,7 @@ def fold_worker(loop_config: dict) -> None:
 
     ctx = ray.train.get_context()
     fold = ctx.get_world_rank()
+    node_ip = ray.util.get_node_ip_address()  # recorded per fold: shows how trials spread over a cluster
     cfg = from_dict(loop_config["experiment"])
     model_cfg, train_cfg = apply_hparams(cfg, loop_config["hparams"])
     device = ray.train.torch.get_device()
@@ -68,7 +69,7 @@ def fold_worker(loop_config: dict) -> None:
     # ---- model, optimizer, schedule; resume from this fold's file in the latest checkpoint
     model = make_model(model_cfg, device)
     optimizer, scheduler = make_optimizer(model, train_cfg, steps_per_epoch(len(x_tr), train_cfg.batch_size))
-    start_epoch = 0
+    start_epoch, history = 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -76,22 +77,28 @@ def fold_worker(loop_config: dict) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start_epoch = state["epoch"]
+        start_epoch, history = state["epoch"], state["history"]
         torch.set_rng_state(state["rng"])
+    if loop_config.get("replay_history"):
+        # Tune restarted this trial (a resumed search) and kept none of its results: report the epochs
+        # already trained again, from the checkpoint, so Tune, ASHA and the tables see the whole curve.
+        for past in history:
+            ray.train.report(past)
 
     # ---- the epoch loop
     for epoch in range(start_epoch + 1, train_cfg.epochs + 1):
         _maybe_inject_fault(fold, epoch)
         tr = train_one_epoch(model, optimizer, scheduler, x_tr, y_tr, train_cfg)
         ev = evaluate(model, x_val, y_val, train_cfg.eval_batch_size)
-        metrics = {"fold": fold, "epoch": epoch, "lr": tr["lr"], "seconds": tr["seconds"] + ev["seconds"],
+        metrics = {"fold": fold, "epoch": epoch, "node_ip": node_ip, "lr": tr["lr"], "seconds": tr["seconds"] + ev["seconds"],
                    "train_loss": tr["loss"], "train_acc": tr["acc"], "train_f1": tr["f1"],
                    "val_loss": ev["loss"], "val_acc": ev["acc"], "val_f1": ev["f1"]}
+        history.append(metrics)
         with tempfile.TemporaryDirectory() as tmp:
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "epoch": epoch, "fold": fold,
                         "rng": torch.get_rng_state(), "model_config": model_cfg.__dict__,
-                        "train_config": train_cfg.__dict__, "metrics": metrics},
+                        "train_config": train_cfg.__dict__, "metrics": metrics, "history": history},
                        Path(tmp) / f"fold_{fold}.pt")
             if epoch == train_cfg.epochs:
                 probs = ev["probs"].float().cpu().numpy()

@@ -43,7 +43,11 @@ def prepare_run(cfg: ExperimentConfig) -> tuple[Path, dict, dict]:
     if cfg.resume and not (run_dir / "config.json").exists():
         raise ConfigError(f"--resume: {run_dir} is not a run directory of this tool (no config.json)")
     if cfg.resume:
-        stored = load(run_dir / "config.json")
+        try:
+            stored = load(run_dir / "config.json")
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ConfigError) as e:
+            raise ConfigError(f"--resume: {run_dir}/config.json is corrupt or not this tool's ({e}); "
+                              f"the run cannot be resumed") from None
         changed = [k for k, get in RESUME_INVARIANTS.items() if get(stored) != get(cfg)]
         if changed:
             raise ConfigError(f"--resume {cfg.name}: {', '.join(changed)} differ from the stored run "
@@ -61,7 +65,8 @@ def prepare_run(cfg: ExperimentConfig) -> tuple[Path, dict, dict]:
         try:
             old = json.loads((run_dir / "summary.json").read_text())
         except json.JSONDecodeError:
-            raise ConfigError(f"--resume: {run_dir}/summary.json is corrupt (truncated?)") from None
+            raise ConfigError(f"--resume: {run_dir}/summary.json is corrupt (truncated?); "
+                              f"the run cannot be resumed") from None
         for key in ("data_fingerprint", "split_fingerprint"):
             if old.get(key) != meta[key]:
                 raise ConfigError(f"--resume {cfg.name}: {key} {meta[key]} differs from the stored "

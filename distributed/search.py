@@ -40,15 +40,22 @@ class CVOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self._max_t = max_t
 
+    def _report_epoch(self, trial_id: str, result: dict) -> None:
+        """Record result's metric as the intermediate value of its epoch (once: a replayed epoch is a no-op)."""
+        ot_trial, step = self._ot_trials[trial_id], result["epoch"]
+        if step not in ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values:
+            ot_trial.report(result[self.metric], step)
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        # Steps are epochs, not Tune's report count, which a resumed trial's replayed epochs would shift.
+        if trial_id not in self._completed_trials and "epoch" in result:
+            self._report_epoch(trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        # Tune hands the last result to on_trial_complete only, never to on_trial_result: record it as
-        # an intermediate value too, so every trial's learning curve in the study is whole.
-        if result and trial_id in self._ot_trials and self.metric in result:
-            ot_trial, step = self._ot_trials[trial_id], result.get("training_iteration")
-            if step is not None and step not in ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values:
-                ot_trial.report(result[self.metric], step)
-        stopped_early = (not error and result is not None
-                         and result.get("training_iteration", self._max_t) < self._max_t)
+        # Tune hands the last result to on_trial_complete only, never to on_trial_result.
+        if result and trial_id in self._ot_trials and "epoch" in result and trial_id not in self._completed_trials:
+            self._report_epoch(trial_id, result)
+        stopped_early = not error and result is not None and result.get("epoch", self._max_t) < self._max_t
         if not stopped_early or trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
         self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
@@ -56,6 +63,7 @@ class CVOptunaSearch(OptunaSearch):
 
 
 def make_searcher(cfg: ExperimentConfig, storage_url: str) -> CVOptunaSearch:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is ours to print, one line per epoch
     storage = optuna.storages.RDBStorage(storage_url)
     return CVOptunaSearch(
         space=functools.partial(define_space, space=tuple(cfg.search.space)),

@@ -87,7 +87,8 @@ def build_tables(run_dir: Path, cfg: ExperimentConfig, statuses: dict[str, str])
                 row[f"{m}_fold{fold}"] = v
         ckpt = last.get("checkpoint_path")
         row["checkpoint_path"] = str(Path(ckpt).resolve().relative_to(run_dir.resolve())) if ckpt else None
-        row["node_ip"] = last.get("node_ip")
+        row["node_ip"] = last.get("node_ip")  # where the trial function ran
+        row["fold_node_ips"] = ",".join(last.get("fold_node_ips", []))  # where each fold worker ran
         row["time_total_s"] = last.get("time_total_s")
         trial_rows.append(row)
     trials = pd.DataFrame(trial_rows)

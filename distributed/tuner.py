@@ -39,7 +39,7 @@ class FoldMeanReport(TuneReportCallback):
 
     def after_report(self, run_context, metrics, checkpoint):
         folds = sorted(metrics, key=lambda m: m["fold"])
-        out = {"epoch": folds[0]["epoch"], "num_folds": len(folds)}
+        out = {"epoch": folds[0]["epoch"], "num_folds": len(folds), "fold_node_ips": [m["node_ip"] for m in folds]}
         for key in FOLD_METRICS:
             values = [float(m[key]) for m in folds]
             out[f"{key}_mean"] = float(np.mean(values))
@@ -54,9 +54,13 @@ def run_trial(hparams: dict, experiment: dict, shared: list, run_dir: str, resou
     """One Tune trial: K fold workers on Ray Train. The trial id names its Train run (resume finds it)."""
     cfg = from_dict(experiment)
     trial_id = ray.tune.get_context().get_trial_id()
+    # A Train run of this name already in storage means Tune restarted the trial (resume after a driver
+    # crash): Train resumes it from its last checkpoint, and the workers replay the finished epochs' metrics.
+    restarted = (Path(run_dir) / "folds" / trial_id).exists()
     trainer = TorchTrainer(
         fold_worker,
-        train_loop_config={"experiment": experiment, "hparams": hparams, "data_ref": shared[0]},
+        train_loop_config={"experiment": experiment, "hparams": hparams, "data_ref": shared[0],
+                           "replay_history": restarted},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.cv.folds, use_gpu=resources["gpu"] > 0,
             resources_per_worker={"CPU": resources["cpu"], "GPU": resources["gpu"]},
@@ -168,7 +172,7 @@ def run_search(cfg: ExperimentConfig, run_dir: Path, shared: dict, meta: dict) -
         tuner._local_tuner.get_run_config().callbacks = [tracker]
     else:
         scheduler = (ray.tune.schedulers.ASHAScheduler(
-            time_attr="training_iteration", max_t=cfg.train.epochs, grace_period=cfg.search.grace_period,
+            time_attr="epoch", max_t=cfg.train.epochs,  # epochs, not reports: replays can repeat reports grace_period=cfg.search.grace_period,
             reduction_factor=cfg.search.reduction_factor)
             if cfg.search.scheduler == "asha" else ray.tune.schedulers.FIFOScheduler())
         tuner = ray.tune.Tuner(

@@ -25,7 +25,7 @@ def test_space_samples_exactly_the_named_hyperparameters():
 
 
 def result(value, it):
-    return {"val_acc_mean": value, "training_iteration": it}
+    return {"val_acc_mean": value, "epoch": it, "training_iteration": it}
 
 
 def test_asha_stopped_trials_are_pruned_with_whole_curves(tmp_path):
@@ -37,6 +37,7 @@ def test_asha_stopped_trials_are_pruned_with_whole_curves(tmp_path):
     # t0 runs the full budget; t1 is stopped after epoch 1; t2 errors
     searcher.on_trial_result("t0", result(0.5, 1))
     searcher.on_trial_result("t0", result(0.6, 2))
+    searcher.on_trial_result("t0", result(0.6, 2))  # a replayed epoch (resumed trial) is recorded once
     searcher.on_trial_complete("t0", result(0.7, 3))
     searcher.on_trial_complete("t1", result(0.3, 1))
     searcher.on_trial_complete("t2", None, error=True)

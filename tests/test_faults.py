@@ -1,0 +1,158 @@
+"""Real faults injected into real local Ray instances: a killed fold worker, a killed driver, bad resumes,
+damaged run directories. Each search runs as a subprocess with its own Ray instance, as a user would."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.faults, pytest.mark.ray]
+
+# 3 folds x 600 images: seconds per epoch; FIFO so every trial runs every epoch (deterministic counts)
+SMALL = ["--preset", "smoke", "--scheduler", "fifo", "--epochs", "3"]
+
+
+def tune_cmd(storage, name, *extra):
+    return [sys.executable, str(ROOT / "experiments" / "tune.py"), *SMALL, "--storage-path", str(storage),
+            "--name", name, *extra]
+
+
+def run(cmd, env=None, timeout=600):
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                         env={**os.environ, **(env or {})})
+    return out
+
+
+def result_lines(run_dir, trial_id):
+    return [json.loads(l) for l in (run_dir / "tune" / trial_id / "result.json").read_text().splitlines() if l]
+
+
+def test_killed_fold_worker_resumes_from_its_last_epoch(tmp_path):
+    marker = tmp_path / "killed"
+    out = run(tune_cmd(tmp_path, "kill", "--num-samples", "1"),
+              env={"FMNIST_TEST_KILL_FOLD_AT": f"1:2:{marker}"})  # fold 1 SIGKILLs itself at the start of epoch 2
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert marker.read_text() == "killed fold 1 at epoch 2\n"
+    run_dir = tmp_path / "kill"
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    assert len(trials) == 1 and trials.status.tolist() == ["completed"] and trials.epochs_run.tolist() == [3]
+    lines = result_lines(run_dir, trials.trial_id[0])
+    # every epoch reported exactly once: epoch 1 was restored from its checkpoint, not trained again
+    assert [l["epoch"] for l in lines] == [1, 2, 3]
+    epochs = pd.read_parquet(run_dir / "epochs.parquet")
+    assert len(epochs) == 3 * 3 and epochs.groupby("epoch").fold.nunique().tolist() == [3, 3, 3]
+    ckpt = run_dir / trials.checkpoint_path[0]
+    assert sorted(p.name for p in ckpt.glob("oof_fold_*.npz")) == [f"oof_fold_{k}.npz" for k in range(3)]
+
+
+def wait_for(predicate, timeout, proc):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(1)
+    return False
+
+
+def finished_trials(run_dir):
+    try:
+        return json.loads((run_dir / "summary.json").read_text())["n_trials_completed"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return 0
+
+
+def test_killed_driver_then_resume_finishes_the_search(tmp_path):
+    run_dir = tmp_path / "drv"
+    proc = subprocess.Popen(tune_cmd(tmp_path, "drv", "--num-samples", "4"), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert wait_for(lambda: finished_trials(run_dir) >= 2, 500, proc), "search ended before the kill"
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, mid-trial
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    before = pd.read_parquet(run_dir / "trials.parquet")
+    done_before = set(before.trial_id[before.status == "completed"])
+    lines_before = {t: len(result_lines(run_dir, t)) for t in done_before}
+    assert 2 <= len(done_before) < 4
+
+    out = run(tune_cmd(tmp_path, "drv", "--num-samples", "4", "--resume"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert len(trials) == 4 and trials.trial_id.is_unique
+    assert trials.status.tolist() == ["completed"] * 4 and (trials.epochs_run == 3).all()
+    assert summary["n_trials_completed"] == 4 and summary["epochs_run_total"] == 12
+    # completed trials were not rerun: their result logs did not grow
+    assert {t: len(result_lines(run_dir, t)) for t in done_before} == lines_before
+    epochs = pd.read_parquet(run_dir / "epochs.parquet")
+    assert len(epochs) == 4 * 3 * 3 and not epochs.duplicated(["trial_id", "epoch", "fold"]).any()
+    study = optuna.load_study(study_name="drv", storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 4, states
+    assert len({tuple(sorted(t.params.items())) for t in study.trials if t.state.is_finished()}) == 4
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    storage = tmp_path_factory.mktemp("finished")
+    out = run(tune_cmd(storage, "done", "--num-samples", "2", "--epochs", "1"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return storage
+
+
+def snapshot(d):
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("change, named", [
+    (["--folds", "2"], "cv.folds"),
+    (["--fold-seed", "7"], "cv.fold_seed"),
+    (["--limit-train", "500"], "data.limit_train"),
+    (["--space", "lr,dropout"], "search.space"),
+    (["--epochs", "2"], "train.epochs"),
+])
+def test_resume_refuses_a_different_run(finished, change, named):
+    before = snapshot(finished / "done")
+    out = run(tune_cmd(finished, "done", "--num-samples", "2", "--epochs", "1", *change, "--resume"))
+    assert out.returncode == 2
+    line, = out.stderr.strip().splitlines()
+    assert named in line and "differ from the stored run" in line
+    assert snapshot(finished / "done") == before
+
+
+def test_resume_refuses_different_data(finished, tmp_path):
+    from tests.test_data import write_set
+    write_set(tmp_path)  # valid IDX files, different pixels
+    before = snapshot(finished / "done")
+    out = run(tune_cmd(finished, "done", "--num-samples", "2", "--epochs", "1", "--data-dir", str(tmp_path),
+                       "--resume"))
+    assert out.returncode == 2
+    line, = out.stderr.strip().splitlines()
+    assert "data_fingerprint" in line and "the data or the folds changed" in line
+    assert snapshot(finished / "done") == before
+
+
+@pytest.mark.parametrize("victim", ["summary.json", "config.json"])
+def test_truncated_files_give_a_clear_error_on_resume(finished, tmp_path, victim):
+    import shutil
+    copy = tmp_path / "done"
+    shutil.copytree(finished / "done", copy)
+    p = copy / victim
+    p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])
+    before = snapshot(copy)
+    out = run(tune_cmd(tmp_path, "done", "--num-samples", "2", "--epochs", "1", "--resume"))
+    assert out.returncode == 2
+    line, = out.stderr.strip().splitlines()
+    assert victim in line and "corrupt" in line
+    assert snapshot(copy) == before
