@@ -295,10 +295,11 @@ class ClipEncoder:
         # The whole uint8 set is small (60k images = 47 MB): one copy to the device, then preprocess per batch.
         x = torch.tensor(np.asarray(images, dtype=np.uint8), device=self.device)
         out = []
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode():
             for i in range(0, len(x), self.batch_size):
-                batch = preprocess(x[i:i + self.batch_size], self.preprocess_cfg)
-                out.append(self.model.encode_image(batch, normalize=True).float().cpu())
+                batch = preprocess(x[i:i + self.batch_size], self.preprocess_cfg)  # fp32: keeps it PIL-exact
+                with self._autocast():
+                    out.append(self.model.encode_image(batch, normalize=True).float().cpu())
                 if progress:
                     progress(min(i + self.batch_size, len(x)), len(x))
         return torch.cat(out).numpy()
@@ -607,7 +608,8 @@ def _cnn_overall(cnn_per_class: dict) -> dict:
 
 def report_section(clip_dir: Path, cnn_per_class: dict | None = None, cnn_summary: dict | None = None) -> dict:
     """The report's CLIP section from CLIP_DIR (clip_zeroshot.py's output): {"html": a self-contained fragment
-    with the images inlined, "metrics": {model, pretrained, acc, macro_f1}}.
+    with the images inlined (headings h3/h4, to sit inside the report's own section), "metrics": {model,
+    pretrained, acc, macro_f1, split, n_images}}: acc is on `split`, over n_images (all of it unless --limit).
 
     cnn_per_class: {class_name: {"f1": ..., optionally "recall", "support"}} of the CNN on the same split;
     cnn_summary: {"acc", "macro_f1"} of the CNN when the caller has them (else derived from cnn_per_class).
@@ -632,7 +634,7 @@ def report_section(clip_dir: Path, cnn_per_class: dict | None = None, cnn_summar
     table = "".join(f"<tr><td>{e(str(a))}</td><td>{e(str(b))}</td><td>{e(str(c))}</td><td>{fmt(d)}</td>"
                     f"<td>{fmt(f)}</td></tr>" for a, b, c, d, f in rows)
 
-    parts = [f'<section id="clip"><h2>CLIP: {e(m["model"])}, weights {e(m["pretrained"])}</h2>']
+    parts = [f'<section id="clip"><h3>CLIP: {e(m["model"])}, weights {e(m["pretrained"])}</h3>']
     if m["pretrained"] == RANDOM:
         parts.append("<p><b>Random weights</b>: these numbers test the pipeline, they say nothing about CLIP.</p>")
     parts.append("<table><tr><th>model</th><th>split</th><th>images</th><th>accuracy</th><th>macro-F1</th></tr>"
@@ -651,7 +653,7 @@ def report_section(clip_dir: Path, cnn_per_class: dict | None = None, cnn_summar
         series["CLIP linear probe"] = lp["test_per_class_f1"]
     parts.append(_img(figure_png(per_class_f1_figure(series)), "per-class F1"))
     confused = "".join(f"<li>{e(c['true'])} taken for {e(c['pred'])}: {c['count']}</li>" for c in m["most_confused"])
-    parts.append(f"<h3>Most confused</h3><ul>{confused}</ul><h3>Text-to-image retrieval</h3>")
+    parts.append(f"<h4>Most confused</h4><ul>{confused}</ul><h4>Text-to-image retrieval</h4>")
     for r in m["retrieval"]:
         parts.append(_img((clip_dir / r["file"]).read_bytes(), f"top {r['top_k']} for {r['query']}"))
     n_prompts = sum(len(v) for v in m["prompts"]["class_variants"].values()) * len(m["prompts"]["templates"])
@@ -659,4 +661,4 @@ def report_section(clip_dir: Path, cnn_per_class: dict | None = None, cnn_summar
                  f"variants per class), averaged per class. Image throughput {m['throughput_img_s']:.0f} images/s "
                  f"on {e(m['device'])}.</p></section>")
     return {"html": "\n".join(parts),
-            "metrics": {k: m[k] for k in ("model", "pretrained", "acc", "macro_f1")}}
+            "metrics": {k: m[k] for k in ("model", "pretrained", "acc", "macro_f1", "split", "n_images")}}

@@ -254,7 +254,7 @@ def test_cli_end_to_end_writes_consistent_results_and_a_report_section(tmp_path)
 
     cnn = {n: {"f1": 0.9, "recall": 0.8, "support": 100} for n in CLASS_NAMES}
     section = clip.report_section(out, cnn)
-    assert section["metrics"] == {k: m[k] for k in ("model", "pretrained", "acc", "macro_f1")}
+    assert section["metrics"] == {k: m[k] for k in ("model", "pretrained", "acc", "macro_f1", "split", "n_images")}
     page = section["html"]
     assert page.count("data:image/png;base64,") == 2 + len(queries)   # confusion, per-class F1, grids
     assert "CNN (from the run)" in page and "0.8000" in page and "Random weights" in page and "linear probe" in page
