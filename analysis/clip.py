@@ -170,6 +170,9 @@ def resolve_weights(model: str, pretrained: str = AUTO, cache_dir: str | None = 
         return Weights(model, RANDOM, None)
     if os.path.isfile(pretrained):
         return Weights(model, pretrained, pretrained)
+    if os.path.isdir(pretrained):
+        raise ConfigError(f"--pretrained {pretrained}: is a directory; pass the checkpoint file in it "
+                          f"(e.g. open_clip_model.safetensors or open_clip_pytorch_model.bin)")
     if os.sep in pretrained or pretrained.endswith(CHECKPOINT_SUFFIXES):
         raise ConfigError(f"--pretrained {pretrained}: no such checkpoint file")
     pcfg = oc.get_pretrained_cfg(model, pretrained)
@@ -592,8 +595,9 @@ def per_class_f1_figure(series: dict[str, dict[str, float]], class_names=CLASS_N
 
 # --- report ------------------------------------------------------------------------------------------
 
-def _img(png: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+def _figure(png: bytes, alt: str, caption: str) -> str:
+    return (f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
 def _cnn_overall(cnn_per_class: dict) -> dict:
@@ -623,7 +627,7 @@ def report_section(clip_dir: Path, cnn_per_class: dict | None = None, cnn_summar
 
     rows = []
     if cnn:
-        rows.append(("CNN (from the run)", m["split"], "", cnn.get("acc"), cnn.get("macro_f1")))
+        rows.append(("CNN (from the run)", m["split"], "–", cnn.get("acc"), cnn.get("macro_f1")))
     rows.append(("CLIP zero-shot", m["split"], m["n_images"], m["acc"], m["macro_f1"]))
     lp = m.get("linear_probe")
     if lp:
@@ -631,34 +635,43 @@ def report_section(clip_dir: Path, cnn_per_class: dict | None = None, cnn_summar
         if "test_acc" in lp:
             rows.append(("CLIP linear probe, refit on all", m["split"], m["n_images"], lp["test_acc"],
                          lp["test_macro_f1"]))
-    table = "".join(f"<tr><td>{e(str(a))}</td><td>{e(str(b))}</td><td>{e(str(c))}</td><td>{fmt(d)}</td>"
+    table = "".join(f'<tr><td class="l">{e(str(a))}</td><td>{e(str(b))}</td><td>{e(str(c))}</td><td>{fmt(d)}</td>'
                     f"<td>{fmt(f)}</td></tr>" for a, b, c, d, f in rows)
+    subset = f"{m['n_images']} {m['split']} images" + (" (a class-stratified subset)" if m.get("limit") else "")
 
-    parts = [f'<section id="clip"><h3>CLIP: {e(m["model"])}, weights {e(m["pretrained"])}</h3>']
+    parts = [f'<div class="clip"><h3>CLIP: {e(m["model"])}, weights {e(m["pretrained"])}</h3>']
     if m["pretrained"] == RANDOM:
         parts.append("<p><b>Random weights</b>: these numbers test the pipeline, they say nothing about CLIP.</p>")
-    parts.append("<table><tr><th>model</th><th>split</th><th>images</th><th>accuracy</th><th>macro-F1</th></tr>"
-                 f"{table}</table>")
+    parts.append('<table><thead><tr><th class="l">model</th><th>split</th><th>images</th><th>accuracy</th>'
+                 f"<th>macro-F1</th></tr></thead><tbody>{table}</tbody></table>")
     if lp:
         parts.append(f"<p>Linear probe: logistic regression (C={lp['C']}) on frozen image embeddings, folds "
                      f"from {e(lp['source'])}; accuracy per fold "
                      f"{', '.join(f'{a:.3f}' for a in lp['acc_per_fold'])}. The gap between probe and zero-shot "
                      f"is what the text head loses; the gap between probe and CNN is the features.</p>")
-    parts.append(_img((clip_dir / files["confusion_matrix"]).read_bytes(), "CLIP zero-shot confusion matrix"))
+    parts.append(_figure((clip_dir / files["confusion_matrix"]).read_bytes(), "CLIP zero-shot confusion matrix",
+                         f"Zero-shot confusion matrix on {subset}: rows are the true classes, cells count images, "
+                         f"colour is the share of the true class (recall)."))
     series = {}
     if cnn_per_class:
         series["CNN"] = {n: r["f1"] for n, r in cnn_per_class.items()}
     series["CLIP zero-shot"] = {n: r["f1"] for n, r in m["per_class"].items()}
     if lp and "test_per_class_f1" in lp:
         series["CLIP linear probe"] = lp["test_per_class_f1"]
-    parts.append(_img(figure_png(per_class_f1_figure(series)), "per-class F1"))
+    parts.append(_figure(figure_png(per_class_f1_figure(series)), "per-class F1",
+                         f"Per-class F1: {', '.join(series)}. CLIP is scored on {subset}"
+                         + (", the CNN on the run's evaluation of the same split." if cnn_per_class else ".")))
     confused = "".join(f"<li>{e(c['true'])} taken for {e(c['pred'])}: {c['count']}</li>" for c in m["most_confused"])
     parts.append(f"<h4>Most confused</h4><ul>{confused}</ul><h4>Text-to-image retrieval</h4>")
     for r in m["retrieval"]:
-        parts.append(_img((clip_dir / r["file"]).read_bytes(), f"top {r['top_k']} for {r['query']}"))
+        hits = "" if r["class"] is None else \
+            f"; precision@{r['top_k']} {r['precision_at_k']:.2f} (green: {r['class']}, red: other classes)"
+        parts.append(_figure((clip_dir / r["file"]).read_bytes(), f"top {r['top_k']} for {r['query']}",
+                             f"The {r['top_k']} of the {subset} closest to \"{r['query']}\", best first, with their "
+                             f"true class and cosine similarity{hits}."))
     n_prompts = sum(len(v) for v in m["prompts"]["class_variants"].values()) * len(m["prompts"]["templates"])
     parts.append(f"<p>Class embeddings: {n_prompts} prompts ({len(m['prompts']['templates'])} templates x name "
                  f"variants per class), averaged per class. Image throughput {m['throughput_img_s']:.0f} images/s "
-                 f"on {e(m['device'])}.</p></section>")
+                 f"on {e(m['device'])}.</p></div>")
     return {"html": "\n".join(parts),
             "metrics": {k: m[k] for k in ("model", "pretrained", "acc", "macro_f1", "split", "n_images")}}

@@ -155,6 +155,7 @@ def test_auto_and_random_weights():
 
 @pytest.mark.parametrize("pretrained, message", [
     ("/no/such/file.pt", "no such checkpoint file"), ("laion2b_typo", "neither a checkpoint file nor a pretrained tag"),
+    (str(ROOT / "analysis"), "is a directory; pass the checkpoint file in it"),
 ])
 def test_bad_pretrained_values(pretrained, message):
     with pytest.raises(ConfigError, match=message):
@@ -259,7 +260,7 @@ def test_cli_end_to_end_writes_consistent_results_and_a_report_section(tmp_path)
     assert page.count("data:image/png;base64,") == 2 + len(queries)   # confusion, per-class F1, grids
     assert "CNN (from the run)" in page and "0.8000" in page and "Random weights" in page and "linear probe" in page
     assert 'src="http' not in page and "<script" not in page and "<link" not in page  # nothing fetched
-    assert clip.report_section(out, None)["html"].count("<img") == 2 + len(queries)
+    assert clip.report_section(out, None)["html"].count("<figure><img") == 2 + len(queries)
 
 
 def fake_run_dir(tmp_path, limit_train=100, folds=3):
