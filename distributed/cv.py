@@ -49,7 +49,8 @@ def fold_worker(loop_config: dict) -> None:
 
     ctx = ray.train.get_context()
     fold = ctx.get_world_rank()
-    node_ip = ray.util.get_node_ip_address()  # recorded per fold: shows how trials spread over a cluster
+    # recorded per fold: shows how trials spread over a cluster (ids tell apart nodes that share an IP)
+    node = {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}
     cfg = from_dict(loop_config["experiment"])
     model_cfg, train_cfg = apply_hparams(cfg, loop_config["hparams"])
     device = ray.train.torch.get_device()
@@ -90,7 +91,8 @@ def fold_worker(loop_config: dict) -> None:
         _maybe_inject_fault(fold, epoch)
         tr = train_one_epoch(model, optimizer, scheduler, x_tr, y_tr, train_cfg)
         ev = evaluate(model, x_val, y_val, train_cfg.eval_batch_size)
-        metrics = {"fold": fold, "epoch": epoch, "node_ip": node_ip, "lr": tr["lr"], "seconds": tr["seconds"] + ev["seconds"],
+        metrics = {"fold": fold, "epoch": epoch, **node, "lr": tr["lr"],
+                   "seconds": tr["seconds"] + ev["seconds"],
                    "train_loss": tr["loss"], "train_acc": tr["acc"], "train_f1": tr["f1"],
                    "val_loss": ev["loss"], "val_acc": ev["acc"], "val_f1": ev["f1"]}
         history.append(metrics)

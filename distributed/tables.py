@@ -88,7 +88,8 @@ def build_tables(run_dir: Path, cfg: ExperimentConfig, statuses: dict[str, str])
         ckpt = last.get("checkpoint_path")
         row["checkpoint_path"] = str(Path(ckpt).resolve().relative_to(run_dir.resolve())) if ckpt else None
         row["node_ip"] = last.get("node_ip")  # where the trial function ran
-        row["fold_node_ips"] = ",".join(last.get("fold_node_ips", []))  # where each fold worker ran
+        for key in ("fold_node_ids", "fold_node_ips"):  # where each fold worker ran
+            row[key] = ",".join(last.get(key, []))
         row["time_total_s"] = last.get("time_total_s")
         trial_rows.append(row)
     trials = pd.DataFrame(trial_rows)

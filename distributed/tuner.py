@@ -39,7 +39,8 @@ class FoldMeanReport(TuneReportCallback):
 
     def after_report(self, run_context, metrics, checkpoint):
         folds = sorted(metrics, key=lambda m: m["fold"])
-        out = {"epoch": folds[0]["epoch"], "num_folds": len(folds), "fold_node_ips": [m["node_ip"] for m in folds]}
+        out = {"epoch": folds[0]["epoch"], "num_folds": len(folds),
+               "fold_node_ids": [m["node_id"] for m in folds], "fold_node_ips": [m["node_ip"] for m in folds]}
         for key in FOLD_METRICS:
             values = [float(m[key]) for m in folds]
             out[f"{key}_mean"] = float(np.mean(values))

@@ -34,12 +34,14 @@ def main(argv=None) -> int:
         fail(f"tune.py: error: {e}")
 
     import ray
+    from distributed.storage import check_shared_storage
     from distributed.tuner import plan_resources, run_search
 
     if not ray.is_initialized():
         ray.init(address=cfg.resources.address, log_to_driver=args.ray_logs, configure_logging=args.ray_logs)
     try:
         plan_resources(cfg, ray.cluster_resources())  # e.g. --num-gpus beyond what the cluster has
+        check_shared_storage(cfg.storage_path)  # multi-node: every node must see the run directory
     except ConfigError as e:
         ray.shutdown()
         fail(f"tune.py: error: {e}")
