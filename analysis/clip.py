@@ -161,7 +161,7 @@ def _cached_checkpoint(pcfg: dict, cache_dir: str | None) -> tuple[str | None, s
 def resolve_weights(model: str, pretrained: str = AUTO, cache_dir: str | None = None,
                     probe_timeout: float = PROBE_TIMEOUT_S) -> Weights:
     """--pretrained (a tag, a checkpoint file, "random", or "auto") -> local files, downloading a tag only
-    after a connect check succeeds. Raises ConfigError with one line saying how to supply the weights."""
+    after its server answered a quick request (url_reachable). Raises ConfigError with one line saying how to supply the weights."""
     oc = open_clip_module()
     tags = oc.list_pretrained_tags_by_model(model)
     if pretrained == AUTO:
@@ -210,15 +210,16 @@ def resolve_weights(model: str, pretrained: str = AUTO, cache_dir: str | None = 
 
 
 def build_model(weights: Weights, state_dict: dict | None = None):
-    """The open_clip model in eval mode on the CPU. Random init is seeded, so "random" runs repeat exactly;
-    `state_dict` (Ray actors) replaces the weights after construction."""
+    """The open_clip model in eval mode on the CPU. Random init is seeded, so "random" runs repeat exactly.
+    With `state_dict` (Ray actors: the driver's weights) the checkpoint file is not read: it may not exist on
+    the actor's node."""
     import torch
     oc = open_clip_module()
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            model = oc.create_model(weights.model, pretrained=weights.checkpoint, force_quick_gelu=weights.quick_gelu,
-                                    force_preprocess_cfg=weights.preprocess or None)
+            model = oc.create_model(weights.model, pretrained=weights.checkpoint if state_dict is None else None,
+                                    force_quick_gelu=weights.quick_gelu, force_preprocess_cfg=weights.preprocess or None)
     except Exception as e:  # torch.load / load_state_dict raise many types for a corrupt or foreign file
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         first = first if len(first) <= 160 else first[:160] + "..."
