@@ -215,7 +215,8 @@ def run_cli(*argv) -> int:
 
 
 def tiny(*argv):
-    return ("--model", clip.TEST_MODEL, "--limit", 60, "--num-gpus", 0, *argv)
+    """tiny-test-vit on 60 test images, one small retrieval grid (figures dominate the run time); later flags win."""
+    return ("--model", clip.TEST_MODEL, "--limit", 60, "--num-gpus", 0, "--top-k", 4, "--queries", "a bag", *argv)
 
 
 def test_cli_end_to_end_writes_consistent_results_and_a_report_section(tmp_path):
