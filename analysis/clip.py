@@ -437,10 +437,10 @@ def run_zero_shot(encoder: Encoder, images: np.ndarray, labels: np.ndarray,
                   class_variants: dict[str, tuple[str, ...]] = CLASS_VARIANTS, templates=TEMPLATES,
                   progress: Callable[[int, int], None] | None = None) -> ZeroShot:
     """Embed the images and the class prompts, predict, score. Labels index into class_variants' order."""
-    class_emb = class_text_embeddings(encoder, class_variants, templates)
     start = time.perf_counter()
     image_emb = _normalise(encoder.encode_images(images, progress))
     rate = len(images) / max(time.perf_counter() - start, 1e-9)
+    class_emb = class_text_embeddings(encoder, class_variants, templates)
     pred, probs = zero_shot_predict(image_emb, class_emb, encoder.logit_scale)
     return ZeroShot(image_emb, class_emb, pred, probs,
                     classification_metrics(labels, pred, tuple(class_variants)), rate)

@@ -118,6 +118,8 @@ def main(argv=None) -> int:
 
     sharded = clip.RayImageEncoder(encoder, num_gpus) if num_gpus > 1 else nullcontext(encoder)
     with sharded as enc:
+        n_prompts = sum(map(len, clip.class_prompts(clip.CLASS_VARIANTS)))
+        print(f"embedding the images, then {n_prompts} class prompts ...", flush=True)
         zs = clip.run_zero_shot(enc, images, labels, progress=progress(f"{args.split} split"))
         print(f"zero-shot: accuracy {zs.metrics['acc']:.4f}, macro-F1 {zs.metrics['macro_f1']:.4f} "
               f"({zs.images_per_s:.0f} images/s)", flush=True)
@@ -135,6 +137,7 @@ def main(argv=None) -> int:
         probe = None
         if split is not None:
             feats = enc.encode_images(data.train_x[split["positions"]], progress("linear probe, train"))
+            print(f"fitting the linear probe on {len(feats)} embeddings, {len(split['folds'])} folds ...", flush=True)
             test = (zs.image_emb, labels) if args.split == "test" else (None, None)
             probe = clip.linear_probe(feats, data.train_y[split["positions"]], split["folds"], *test)
             probe.update(source=split["source"], split_fingerprint=split["split_fingerprint"])
