@@ -116,6 +116,7 @@ def main(argv=None) -> int:
               torch.cuda.get_device_name(0) if num_gpus == 1 else f"cpu ({torch.get_num_threads()} threads)")
     print(f"{args.model} ({weights.pretrained}) on {device}: {len(images)} {args.split} images -> {out}/", flush=True)
 
+    (out / "metrics.json").unlink(missing_ok=True)  # written last, so its presence means "this run is complete"
     sharded = clip.RayImageEncoder(encoder, num_gpus) if num_gpus > 1 else nullcontext(encoder)
     with sharded as enc:
         n_prompts = sum(map(len, clip.class_prompts(clip.CLASS_VARIANTS)))
@@ -153,7 +154,7 @@ def main(argv=None) -> int:
     fig = clip.confusion_figure(zs.metrics["confusion"], title=f"{args.model} ({weights.pretrained}), zero-shot")
     write_bytes_atomic(out / "confusion_matrix.png", clip.figure_png(fig))
     import open_clip
-    write_json_atomic(out / "metrics.json", {  # last: its presence means the directory is complete
+    write_json_atomic(out / "metrics.json", {
         "model": args.model, "pretrained": weights.pretrained, "checkpoint": weights.checkpoint,
         "split": args.split, "n_images": len(images), "limit": args.limit,
         **{k: zs.metrics[k] for k in ("acc", "macro_f1", "per_class", "confusion", "most_confused")},
