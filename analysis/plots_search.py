@@ -1,0 +1,152 @@
+"""Figures of the search itself: optimization history, importances, parallel coordinates, ASHA budgets.
+
+Each function takes tables (or a study) and returns a matplotlib Figure; nothing here reads files.
+"""
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pandas as pd
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+from analysis.style import BEST_COLOR, SEQUENTIAL, STATUS_STYLE, new_figure
+
+
+def asha_rungs(grace_period: int, reduction_factor: int, max_t: int) -> list[int]:
+    """The epochs at which ASHA compares trials: grace_period * reduction_factor**k below max_t."""
+    rungs, r = [], grace_period
+    while r < max_t:
+        rungs.append(r)
+        r *= reduction_factor
+    return rungs
+
+
+def _status_legend(ax, statuses, extra=()) -> None:
+    handles = [Line2D([], [], linestyle="none", markersize=7, label=s,
+                      **{k: v for k, v in STATUS_STYLE[s].items() if k != "linestyle"}) for s in statuses]
+    ax.legend(handles=[*handles, *extra], loc="best", fontsize=8, frameon=False)
+
+
+def plot_optimization_history(trials: pd.DataFrame, order: pd.Series, metric_label: str = "validation accuracy"):
+    """Each trial's fold-mean value (± fold std) at its last epoch, in sampling order; the running best
+    of the completed trials as a step line. A pruned trial's point is an early-epoch value: its epoch
+    count is printed beside it."""
+    fig = new_figure(9, 4)
+    ax = fig.add_subplot()
+    df = trials.assign(number=trials.trial_id.map(order)).sort_values("number")
+    for status, group in df.groupby("status"):
+        style = STATUS_STYLE[status]
+        g = group.dropna(subset=["val_acc_mean"])
+        ax.errorbar(g.number, g.val_acc_mean, yerr=g.val_acc_std, fmt=style["marker"], color=style["color"],
+                    alpha=style["alpha"], capsize=3, markersize=7)
+        if status != "completed":
+            for _, r in g.iterrows():
+                ax.annotate(f"{r.epochs_run} ep", (r.number, r.val_acc_mean), textcoords="offset points",
+                            xytext=(6, -3), fontsize=7, color=style["color"])
+    done = df[df.status == "completed"]
+    if len(done):
+        best_so_far = done.val_acc_mean.cummax()
+        ax.step(np.r_[done.number, df.number.max()], np.r_[best_so_far, best_so_far.iloc[-1]], where="post",
+                color=BEST_COLOR, lw=1.5)
+    ax.set_xlabel("trial number (order sampled by TPE)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(f"fold-mean {metric_label}")
+    ax.set_title("Optimization history")
+    ax.grid(alpha=0.3)
+    _status_legend(ax, [s for s in STATUS_STYLE if s in set(df.status)],
+                   [Line2D([], [], color=BEST_COLOR, label="best completed so far")])
+    return fig
+
+
+def plot_importances(importances: pd.Series, epoch: int, n_trials: int):
+    """Horizontal bars of fANOVA importances (fractions of the explained variance)."""
+    fig = new_figure(6.5, 0.5 * len(importances) + 1.4)
+    ax = fig.add_subplot()
+    imp = importances.sort_values()
+    ax.barh(imp.index, imp.values, color="#4c72b0")
+    for y, v in enumerate(imp.values):
+        ax.text(v, y, f" {v:.2f}", va="center", fontsize=9)
+    ax.set_xlim(0, max(1.0, imp.max() * 1.15))
+    ax.set_xlabel("importance (fANOVA share of variance)")
+    ax.set_title(f"Importance for validation accuracy\nat epoch {epoch}, {n_trials} trials", fontsize=10)
+    return fig
+
+
+def _axis_scale(dist, values: np.ndarray):
+    """Map values to [0, 1] on a parameter's axis, and return a few (position, label) ticks."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        choices = list(dist.choices)
+        pos = np.array([choices.index(v) for v in values]) / max(len(choices) - 1, 1)
+        return pos, [(i / max(len(choices) - 1, 1), str(c)) for i, c in enumerate(choices)]
+    lo, hi = float(dist.low), float(dist.high)
+    log = getattr(dist, "log", False)
+    f = np.log10 if log else (lambda v: np.asarray(v, dtype=float))
+    pos = (f(values) - f(lo)) / (f(hi) - f(lo))
+    ticks = np.logspace(np.log10(lo), np.log10(hi), 4) if log else np.linspace(lo, hi, 4)
+    return pos, [((f(t) - f(lo)) / (f(hi) - f(lo)), f"{t:.1e}" if log else f"{t:.3g}") for t in ticks]
+
+
+def plot_parallel_coordinates(study: optuna.Study, epoch: int):
+    """One line per trial across the searched hyperparameters (on their sampling scale and full range)
+    and the objective; colour = validation accuracy at `epoch`, the best drawn thick."""
+    trials = study.get_trials(deepcopy=False)
+    names = list(trials[0].distributions)
+    values = np.array([t.value for t in trials])
+    cols = [(n, *_axis_scale(trials[0].distributions[n], np.array([t.params[n] for t in trials]))) for n in names]
+    vlo, vhi = values.min(), values.max()
+    span = (vhi - vlo) or 1.0
+    obj_pos = (values - vlo) / span
+    obj_ticks = [((v - vlo) / span, f"{v:.3f}") for v in np.linspace(vlo, vhi, 4)]
+    cols.append((f"val acc @ epoch {epoch}", obj_pos, obj_ticks))
+
+    fig = new_figure(2.0 * len(cols) + 2, 4.2)
+    ax = fig.add_subplot()
+    mappable = ScalarMappable(norm=Normalize(vlo, vhi), cmap=SEQUENTIAL)
+    fig.colorbar(mappable, ax=ax, pad=0.02).set_label(f"validation accuracy at epoch {epoch}")
+    xs = np.arange(len(cols))
+    best = int(np.argmax(values))
+    for i in np.argsort(values):  # best last, on top
+        ys = [c[1][i] for c in cols]
+        color = mappable.to_rgba(values[i])
+        ax.plot(xs, ys, color=color, lw=3 if i == best else 1.4, alpha=1 if i == best else 0.75,
+                zorder=3 if i == best else 2)
+    for x, (name, _, ticks) in zip(xs, cols):
+        ax.axvline(x, color="black", lw=0.8, zorder=1)
+        for pos, label in ticks:
+            ax.text(x - 0.04, pos, label, ha="right", va="center", fontsize=7.5, color="#333333")
+    ax.set_xticks(xs, [c[0] for c in cols])
+    ax.set_xlim(-0.5, len(cols) - 0.8)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_yticks([])
+    for side in ("left", "right", "top"):
+        ax.spines[side].set_visible(False)
+    ax.set_title(f"Parallel coordinates: {len(trials)} trials at epoch {epoch} (axes span the search space)")
+    return fig
+
+
+def plot_asha_epochs(trials: pd.DataFrame, order: pd.Series, max_epochs: int, rungs: list[int]):
+    """Epochs each trial received, in sampling order, with ASHA's rungs as dashed lines."""
+    df = trials.assign(number=trials.trial_id.map(order)).sort_values("number", ascending=False)
+    fig = new_figure(8, 0.28 * len(df) + 1.6)
+    ax = fig.add_subplot()
+    labels = [f"{n}: {t}" for n, t in zip(df.number, df.trial_id)]
+    ax.barh(labels, df.epochs_run, color=[STATUS_STYLE[s]["color"] for s in df.status], alpha=0.85)
+    for r in rungs:
+        ax.axvline(r, color="black", ls="--", lw=0.8)
+    ax.axvline(max_epochs, color="black", lw=1)
+    ax.set_xlim(0, max_epochs + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epochs trained (all folds in parallel); dashed: ASHA rungs, solid: the budget")
+    ax.set_ylabel("trial number: id")
+    spent, full = int(df.epochs_run.sum()), len(df) * max_epochs
+    ax.set_title(f"Epochs per trial under ASHA: {spent} of {full} trial-epochs "
+                 f"({100 * spent / max(full, 1):.0f}% of running every trial to {max_epochs})", fontsize=10)
+    handles = [Patch(color=STATUS_STYLE[s]["color"], label=s) for s in STATUS_STYLE if s in set(df.status)]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+    ax.tick_params(axis="y", labelsize=8)
+    return fig
+

@@ -1,0 +1,199 @@
+"""Plot functions, the search views and the HTML helpers on small synthetic inputs: what each figure
+draws (class names on class axes, the data behind lines and bars), not only that it ran."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+from analysis import html, plots_curves, plots_eval, plots_search, search
+from analysis.embeddings import plot_umap_pair, sample_indices
+from analysis.metrics import confusion_matrix, summarize
+from analysis.style import to_png
+from analysis.tables import Run
+from distributed.config import CLASS_NAMES, PRESETS
+
+from test_analysis_tables import synthetic_epochs
+
+NAMES = list(CLASS_NAMES)
+
+
+def tick_labels(axis) -> list[str]:
+    return [t.get_text() for t in axis.get_ticklabels()]
+
+
+def test_confusion_figure_labels_classes_and_shows_trace_over_total():
+    rng = np.random.default_rng(0)
+    true = rng.integers(0, 10, 1000)
+    pred = np.where(rng.random(1000) < 0.7, true, rng.integers(0, 10, 1000))
+    cm = confusion_matrix(true, pred)
+    fig = plots_eval.plot_confusion(cm, "Test")
+    counts, normed = fig.axes
+    for ax in (counts, normed):
+        assert tick_labels(ax.xaxis) == NAMES and tick_labels(ax.yaxis) == NAMES
+        assert ax.get_xlabel() == "predicted class" and ax.get_ylabel() == "true class"
+    assert f"accuracy {np.trace(cm)}/1000" in fig.get_suptitle()
+    cells = [t.get_text() for t in counts.texts]
+    assert sum(int(c) for c in cells) == 1000 and cells[0] == str(cm[0, 0])
+    np.testing.assert_array_equal(counts.images[0].get_array(), cm)
+    assert to_png(fig)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_per_class_figure_has_class_names_and_bar_lengths():
+    rng = np.random.default_rng(1)
+    true = rng.integers(0, 10, 400)
+    test, oof = summarize(true, true)["per_class"], summarize(true, rng.integers(0, 10, 400))["per_class"]
+    fig = plots_eval.plot_per_class(test, oof)
+    assert tick_labels(fig.axes[0].yaxis) == NAMES
+    f1_bars = fig.axes[2].patches
+    np.testing.assert_allclose([b.get_width() for b in f1_bars], np.r_[oof.f1, test.f1])
+
+
+def test_image_grids_are_titled_with_class_names():
+    imgs = np.zeros((3, 28, 28), np.uint8)
+    fig = plots_eval.plot_misclassified(imgs, np.array([6, 0, 4]), np.array([0, 6, 2]), np.array([0.9, 0.8, 0.7]), "x")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["true: Shirt\npred: T-shirt/top 90%", "true: T-shirt/top\npred: Shirt 80%",
+                      "true: Coat\npred: Pullover 70%"]
+    fig = plots_eval.plot_predictions(imgs[:2], np.array([9, 1]), np.array([9, 3]), np.array([0.99, 0.5]))
+    axes = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in axes] == ["Ankle boot\n(Ankle boot) 99%", "Dress\n(Trouser) 50%"]
+    assert axes[0].title.get_color() != axes[1].title.get_color()  # right vs wrong
+
+
+def test_umap_pair_legend_names_every_class():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 5)
+    fig = plot_umap_pair(rng.normal(size=(50, 2)), rng.normal(size=(50, 2)), labels)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == NAMES
+    assert sum(len(c.get_offsets()) for c in fig.axes[0].collections) == 50
+
+
+def test_sample_indices_is_stratified():
+    labels = np.repeat(np.arange(10), 100)
+    idx = sample_indices(labels, 200, seed=0)
+    assert len(idx) == 200 and np.all(np.diff(idx) > 0)
+    assert np.bincount(labels[idx]).tolist() == [20] * 10
+    assert len(sample_indices(labels, 5000)) == 1000
+
+
+def test_fold_curves_draw_the_fold_mean_and_band_of_known_curves():
+    epochs = synthetic_epochs({"t": [[0.1, 0.2, 0.3], [0.5, 0.5, 0.5], [0.6, 0.8, 0.7]]})
+    fig = plots_curves.plot_fold_curves(epochs, "t")
+    acc = fig.axes[1]
+    mean = next(l for l in acc.lines if l.get_label() == "validation (fold mean ± std)")
+    np.testing.assert_allclose(mean.get_ydata(), [0.2, 0.5, 0.7])
+    assert len(acc.lines) == 2 * (3 + 1)  # train and validation: 3 folds + the mean
+    band = acc.collections[1].get_paths()[0].vertices  # validation band (train is drawn first)
+    assert band[:, 1].min() == pytest.approx(0.1) and band[:, 1].max() == pytest.approx(0.8)
+
+
+def synthetic_trials() -> pd.DataFrame:
+    return pd.DataFrame({
+        "rank": [1, 2, 3], "trial_id": ["a", "b", "c"], "status": ["completed", "pruned", "pruned"],
+        "epochs_run": [3, 1, 1], "val_acc_mean": [0.7, 0.4, 0.3], "val_acc_std": [0.1, 0.05, 0.05],
+        "config_lr": [1e-3, 2e-3, 3e-3], "config_dropout": [0.1, 0.2, 0.3], "searched": ["dropout,lr"] * 3})
+
+
+def test_all_trial_curves_and_top_configs():
+    epochs = synthetic_epochs({"a": [[0.1, 0.2, 0.3], [0.5, 0.5, 0.5], [0.6, 0.8, 0.7]],
+                               "b": [[0.3, 0.4, 0.5]], "c": [[0.2, 0.3, 0.4]]})
+    trials = synthetic_trials()
+    fig = plots_curves.plot_all_trials(epochs, trials, "a")
+    best = max(fig.axes[1].lines, key=lambda l: l.get_linewidth())
+    np.testing.assert_allclose(best.get_ydata(), [0.2, 0.5, 0.7])
+    fig = plots_curves.plot_top_configs(epochs, trials, ["lr", "dropout"])
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles[0] == "#1 a (completed, 3 ep)\nlr=1.00e-03, dropout=0.1"
+    assert len(titles) == 3
+
+
+def test_search_figures():
+    trials = synthetic_trials()
+    order = pd.Series({"a": 0, "b": 1, "c": 2})
+    fig = plots_search.plot_optimization_history(trials, order)
+    assert fig.axes[0].get_xlabel().startswith("trial number")
+    fig = plots_search.plot_asha_epochs(trials, order, max_epochs=3, rungs=[1])
+    bars = fig.axes[0].patches
+    assert sorted(b.get_width() for b in bars) == [1, 1, 3]
+    assert "5 of 9 trial-epochs" in fig.axes[0].get_title()
+    fig = plots_search.plot_importances(pd.Series({"lr": 0.7, "dropout": 0.3}), epoch=1, n_trials=3)
+    assert tick_labels(fig.axes[0].yaxis) == ["dropout", "lr"]
+
+
+def test_asha_rungs():
+    assert plots_search.asha_rungs(1, 3, 15) == [1, 3, 9]
+    assert plots_search.asha_rungs(1, 2, 3) == [1, 2]
+    assert plots_search.asha_rungs(3, 3, 3) == []
+
+
+def synthetic_run(tmp_path) -> Run:
+    epochs = synthetic_epochs({"a": [[0.3, 0.4], [0.6, 0.7]], "b": [[0.2, 0.3]], "c": [[0.1, 0.1]],
+                               "d": [[0.5, 0.4]]})
+    trials = pd.DataFrame({"rank": [1, 2, 3, 4], "trial_id": list("adbc"), "status": ["completed"] + ["pruned"] * 3,
+                           "epochs_run": [2, 1, 1, 1], "config_lr": [1e-3, 5e-3, 2e-3, 8e-3],
+                           "config_dropout": [0.1, 0.5, 0.2, 0.3], "searched": ["dropout,lr"] * 4})
+    return Run(tmp_path, {"name": "x", "folds": 2, "max_epochs": 2, "best_trial_id": "a"},
+               PRESETS["smoke"], trials, epochs)
+
+
+DISTS = {"lr": optuna.distributions.FloatDistribution(3e-4, 1e-2, log=True),
+         "dropout": optuna.distributions.FloatDistribution(0.0, 0.6)}
+
+
+def test_study_at_epoch_values_are_fold_means_at_that_epoch(tmp_path):
+    run = synthetic_run(tmp_path)
+    study = search.study_at_epoch(run, DISTS, epoch=1)
+    values = {t.user_attrs["trial_id"]: t.value for t in study.trials}
+    assert values == pytest.approx({"a": 0.35, "b": 0.25, "c": 0.1, "d": 0.45})
+    assert study.trials[0].params.keys() == {"lr", "dropout"}
+    assert list(search.study_at_epoch(run, DISTS, epoch=2).trials[0].user_attrs.values()) == ["a"]
+    imp = search.param_importances(study)
+    assert set(imp.index) == {"lr", "dropout"} and imp.sum() == pytest.approx(1.0)
+    assert search.param_importances(search.study_at_epoch(run, DISTS, epoch=2)).empty  # one trial
+    fig = plots_search.plot_parallel_coordinates(study, epoch=1)
+    assert tick_labels(fig.axes[0].xaxis) == ["lr", "dropout", "val acc @ epoch 1"]
+    trial_lines = [line for line in fig.axes[0].lines if len(line.get_xdata()) == 3]  # not the axis rules
+    assert len(trial_lines) == 4
+    best = max(trial_lines, key=lambda line: line.get_linewidth())
+    assert best.get_ydata()[-1] == pytest.approx(1.0)  # d, the best at epoch 1, tops the objective axis
+    lr_pos = (np.log10(5e-3) - np.log10(3e-4)) / (np.log10(1e-2) - np.log10(3e-4))
+    assert best.get_ydata()[0] == pytest.approx(lr_pos)  # log scale over the search range
+
+
+def test_start_order_matches_trials_to_optuna_numbers(tmp_path):
+    run = synthetic_run(tmp_path)
+    stored = optuna.create_study(direction="maximize")
+    for tid in ["b", "a", "c"]:  # sampled in this order; d is not in the study
+        row = run.trials.set_index("trial_id").loc[tid]
+        stored.add_trial(optuna.trial.create_trial(
+            params={"lr": float(row.config_lr), "dropout": float(row.config_dropout)}, distributions=DISTS, value=0.5))
+    order = search.start_order(stored, run)
+    assert order.to_dict() == {"b": 0, "a": 1, "c": 2, "d": 3}
+    assert search.start_order(None, run).to_dict() == {"a": 0, "d": 1, "b": 2, "c": 3}
+    assert search.distributions(stored) == DISTS
+
+
+def test_paired_differences_figure():
+    from analysis.stats import compare_to_best
+    folds = pd.DataFrame({"fold0": [0.9, 0.8], "fold1": [0.92, 0.81], "fold2": [0.91, 0.83]}, index=["a", "b"])
+    fig = plots_eval.plot_paired_differences(compare_to_best(folds, 0.5))
+    assert tick_labels(fig.axes[0].yaxis) == ["#1 vs #2 b"]
+
+
+def test_html_is_escaped_and_self_contained():
+    sec = html.Section("s", "1. <Title>")
+    sec.table("t", pd.DataFrame({"name": ["<script>alert(1)</script>"], "v": [0.123456]}))
+    fig = plots_eval.plot_confusion(np.eye(10, dtype=int), "x")
+    sec.figure("cm", fig, "caption & more")
+    sec.note("see https://example.org")
+    page = html.page("T", "sub", [sec])
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "<td>0.1235</td>" in page and "caption &amp; more" in page
+    assert '<h2>1. &lt;Title&gt;</h2>' in page and '<a href="#s">' in page
+    assert re.findall(r'src="data:image/png;base64,', page) and sec.figures["cm"][:4] == b"\x89PNG"
+    assert not re.search(r'(src|href)\s*=\s*["\']?(https?:)?//', page)
+    assert sec.tables["t"].shape == (1, 2)
