@@ -1,0 +1,99 @@
+"""Report assembly without Ray: metrics.json from a synthetic evaluation, and the optional CLIP section
+(absent, present through analysis.clip.report_section, or failing)."""
+from __future__ import annotations
+
+import importlib.machinery
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import analysis
+from analysis import sections
+from analysis.evaluate import Evaluation
+from distributed.config import CLASS_NAMES
+
+
+def synthetic_evaluation(k: int = 3, n_oof: int = 300, seed: int = 0) -> Evaluation:
+    rng = np.random.default_rng(seed)
+    test_true = rng.integers(0, 10, 1000)
+    probs = rng.dirichlet(np.ones(10), size=(k, 1000)).astype(np.float32)
+    probs[:, np.arange(1000), test_true] += 0.3  # better than chance
+    oof_true = rng.integers(0, 10, n_oof)
+    oof_probs = rng.dirichlet(np.ones(10), size=n_oof).astype(np.float32)
+    return Evaluation(oof_index=np.arange(n_oof), oof_fold=np.arange(n_oof) % k, oof_true=oof_true,
+                      oof_probs=oof_probs, oof_source="recorded", test_true=test_true, test_probs_folds=probs,
+                      embeddings=np.zeros((1000, 4), np.float32), devices=["cpu"] * k)
+
+
+class FakeRun:
+    summary = {"name": "x", "best_checkpoint": "folds/t/epoch_003", "best_cv": {"val_acc_mean": 0.5}}
+    best_trial_id = "t"
+
+
+def test_metrics_json_numbers_come_from_the_confusion_matrices():
+    ev = synthetic_evaluation()
+    scores = sections.score(ev)
+    m = json.loads(json.dumps(sections.metrics_json(FakeRun(), ev, scores, None)))  # JSON-serialisable
+    cm = np.array(m["confusion_test"])
+    assert cm.sum() == 1000 and np.array(m["confusion_oof"]).sum() == 300
+    assert m["test_acc"] == pytest.approx(np.mean(ev.test_probs.argmax(1) == ev.test_true))
+    assert m["test_acc"] == pytest.approx(np.trace(cm) / 1000)
+    assert m["test_acc_per_fold"] == pytest.approx([np.mean(p.argmax(1) == ev.test_true) for p in ev.test_probs_folds])
+    assert m["oof_val_acc"] == pytest.approx(np.mean(ev.oof_probs.argmax(1) == ev.oof_true))
+    assert list(m["per_class"]) == list(CLASS_NAMES) and m["clip"] is None
+
+
+def metrics_of(scores) -> dict:
+    from analysis.metrics import per_class_dict
+    return per_class_dict(scores["test"]["per_class"])
+
+
+def _fake_clip(monkeypatch, report_section):
+    module = types.ModuleType("analysis.clip")
+    module.__spec__ = importlib.machinery.ModuleSpec("analysis.clip", None)
+    module.report_section = report_section
+    monkeypatch.setitem(sys.modules, "analysis.clip", module)
+    monkeypatch.setattr(analysis, "clip", module, raising=False)
+
+
+def test_clip_section_without_results_says_how_to_make_them(tmp_path):
+    sec, metrics = sections.clip_section(tmp_path, sections.score(synthetic_evaluation()), print)
+    assert metrics is None
+    assert f"python experiments/clip_zeroshot.py --run-dir {tmp_path}" in sec.render()
+
+
+def test_clip_section_embeds_the_fragment_and_compares(tmp_path, monkeypatch):
+    (tmp_path / "clip").mkdir()
+    (tmp_path / "clip" / "metrics.json").write_text("{}")
+    seen = {}
+
+    def report_section(clip_dir, cnn_per_class, cnn_summary):
+        seen.update(dir=clip_dir, cnn=cnn_per_class, summary=cnn_summary)
+        return {"html": "<p id='clip-fragment'>zero-shot</p>",
+                "metrics": {"model": "ViT-B-32", "pretrained": "laion2b", "acc": 0.63, "macro_f1": 0.6, "extra": 1}}
+
+    _fake_clip(monkeypatch, report_section)
+    scores = sections.score(synthetic_evaluation())
+    sec, metrics = sections.clip_section(tmp_path, scores, print)
+    assert metrics == {"model": "ViT-B-32", "pretrained": "laion2b", "acc": 0.63, "macro_f1": 0.6}
+    assert seen["dir"] == tmp_path / "clip" and list(seen["cnn"]) == list(CLASS_NAMES)
+    assert seen["summary"] == {"acc": scores["test"]["acc"], "macro_f1": scores["test"]["macro_f1"]}
+    assert seen["cnn"]["Shirt"] == metrics_of(scores)["Shirt"]
+    assert "<p id='clip-fragment'>zero-shot</p>" in sec.render()
+
+
+def test_a_failing_clip_section_leaves_a_note_not_a_crash(tmp_path, monkeypatch):
+    (tmp_path / "clip").mkdir()
+    (tmp_path / "clip" / "metrics.json").write_text("{}")
+
+    def broken(clip_dir, cnn_per_class, cnn_summary):
+        raise KeyError("prompts")
+
+    _fake_clip(monkeypatch, broken)
+    lines = []
+    sec, metrics = sections.clip_section(tmp_path, sections.score(synthetic_evaluation()), lines.append)
+    assert metrics is None and "The CLIP section failed: KeyError" in sec.render()
+    assert lines and lines[0].startswith("warning: CLIP section failed")
