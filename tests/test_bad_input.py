@@ -1,0 +1,75 @@
+"""The bad-input catalogue across the three CLIs (tune.py, report.py, clip_zeroshot.py), in one table.
+
+For every entry: exit code 2, exactly one line on stderr that names the bad value, and a pre-existing run
+directory left byte-for-byte as it was. tests/test_tune_cli.py covers the engine's flags and data files in
+more depth; this test is the cross-CLI contract."""
+import gzip
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (script, args, text the one stderr line must contain); {S} is the storage dir, {RUN} the existing run
+CATALOGUE = [
+    ("tune", ["--preset", "nope"], "--preset nope"),
+    ("tune", ["--folds", "1"], "--folds 1"),
+    ("tune", ["--epochs", "-2"], "--epochs -2"),
+    ("tune", ["--limit-train", "5"], "--limit-train 5"),
+    ("tune", ["--lr", "abc"], "--lr"),
+    ("tune", ["--data-dir", "{S}/nodata"], "{S}/nodata"),
+    ("tune", ["--data-dir", "{S}/corrupt"], "bad IDX magic number"),
+    ("tune", ["--name", "run"], "{RUN} already exists"),
+    ("tune", ["--name", "run", "--resume", "--folds", "4"], "cv.folds"),
+    ("tune", ["--name", "ghost", "--resume"], "ghost"),
+    ("report", ["{S}/missing"], "{S}/missing"),
+    ("report", ["{S}"], "not a run directory"),
+    ("report", ["{RUN}"], "{RUN}/summary.json"),
+    ("clip_zeroshot", ["--limit", "0", "--model", "tiny-test-vit"], "--limit 0"),
+    ("clip_zeroshot", ["--model", "ViT-Nope-99"], "ViT-Nope-99"),
+    ("clip_zeroshot", ["--model", "tiny-test-vit", "--pretrained", "{S}/no-such-weights.pt"], "no-such-weights.pt"),
+    ("clip_zeroshot", ["--model", "tiny-test-vit", "--split", "val"], "--split"),
+    ("clip_zeroshot", ["--model", "tiny-test-vit", "--run-dir", "{S}/missing"], "{S}/missing"),
+]
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory):
+    s = tmp_path_factory.mktemp("bad")
+    run = s / "run"  # an existing run directory (its files need not be valid: they must stay untouched)
+    run.mkdir()
+    (run / "config.json").write_text('{"name": "run", "preset": "smoke", "cv": {"folds": 3}}\n')
+    (run / "summary.json").write_text('{"n_trials": 3}\n')
+    (run / "trials.parquet").write_bytes(b"PAR1 not really")
+    (s / "nodata").mkdir()
+    corrupt = s / "corrupt"
+    corrupt.mkdir()
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (corrupt / f"{stem}.gz").write_bytes(gzip.compress(b"\x00\x00\x07\x07" + bytes(64)))
+    return s
+
+
+def snapshot(d: Path) -> dict:
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("script, args, expected", CATALOGUE,
+                         ids=[f"{c[0]}:{' '.join(c[1])}" for c in CATALOGUE])
+def test_bad_input(storage, script, args, expected):
+    run = storage / "run"
+    fill = lambda text: text.replace("{S}", str(storage)).replace("{RUN}", str(run))
+    argv = [fill(a) for a in args]
+    if script == "tune":
+        argv = ["--preset", "smoke", "--storage-path", str(storage), *argv]
+    before = snapshot(storage)
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / f"{script}.py"), *argv], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr[-2000:]
+    assert fill(expected) in lines[0]
+    assert snapshot(storage) == before  # nothing written, nothing damaged
