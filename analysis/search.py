@@ -56,7 +56,8 @@ def start_order(study: optuna.Study | None, run: Run) -> pd.Series:
     numbers: dict[str, int] = {}
     if study is not None:
         for _, row in run.trials.iterrows():
-            params = {p: row[f"config_{p}"] for p in str(row.searched).split(",") if p}
+            searched = row.searched if isinstance(row.searched, str) else ""
+            params = {p: row[f"config_{p}"] for p in searched.split(",") if p}
             params = {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in params.items()}
             for t in study.get_trials(deepcopy=False):
                 if t.number not in numbers.values() and _same_params(t.params, params):
