@@ -26,6 +26,10 @@ from distributed.cv import fold_worker
 from distributed.search import make_searcher
 
 
+# Ray Train gives a worker group 60 s to start; five workers importing torch on a busy 2-core machine can
+# take longer, and a timed-out start counts as a failure. Passed to ray.init by the CLI and the tests.
+RAY_RUNTIME_ENV = {"env_vars": {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}}
+
 # The trial function only waits on its Train run (the K workers hold the real resources), but Tune
 # refuses an empty resource request: it gets a token share of a CPU.
 TRIAL_CPU = 0.01

@@ -30,8 +30,9 @@ def fmnist():
 @pytest.fixture(scope="session")
 def ray_local():
     import ray
+    from distributed.tuner import RAY_RUNTIME_ENV
     if not ray.is_initialized():
-        ray.init(num_cpus=2, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=2, log_to_driver=False, configure_logging=False, runtime_env=RAY_RUNTIME_ENV)
     yield ray
     ray.shutdown()
 
