@@ -30,6 +30,33 @@ from distributed.search import make_searcher
 # take longer, and a timed-out start counts as a failure. Passed to ray.init by the CLI and the tests.
 RAY_RUNTIME_ENV = {"env_vars": {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}}
 
+def init_ray(address: str | None, **kwargs) -> None:
+    """ray.init: join `address`, or start a fresh local instance that knows its own address.
+
+    With several Ray instances on one machine, Ray Train's placement-group cleaner finds "its" cluster by
+    auto-detection, attaches to the newest one, and a finished trial's placement group is never freed (the
+    next trial waits forever). A local instance therefore gets a GCS port picked here, and RAY_ADDRESS names
+    it for every process it starts (raylet and workers inherit this process's environment).
+    """
+    import os
+    import socket
+
+    import ray
+    if address:
+        ray.init(address=address, runtime_env=RAY_RUNTIME_ENV, **kwargs)
+        return
+    from ray._private.services import get_node_ip_address
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        port = sock.getsockname()[1]
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    os.environ["RAY_ADDRESS"] = f"{get_node_ip_address()}:{port}"
+    try:
+        ray.init(address="local", runtime_env=RAY_RUNTIME_ENV, **kwargs)
+    finally:
+        del os.environ["RAY_GCS_SERVER_PORT"]  # only for the instance started here
+
+
 # The trial function only waits on its Train run (the K workers hold the real resources), but Tune
 # refuses an empty resource request: it gets a token share of a CPU.
 TRIAL_CPU = 0.01

@@ -35,13 +35,10 @@ def main(argv=None) -> int:
 
     import ray
     from distributed.storage import check_shared_storage
-    from distributed.tuner import RAY_RUNTIME_ENV, plan_resources, run_search
+    from distributed.tuner import init_ray, plan_resources, run_search
 
-    if not ray.is_initialized():
-        # "local": a fresh instance unless --address is given (Ray would otherwise join any instance
-        # already running on this machine, e.g. another user's search)
-        ray.init(address=cfg.resources.address or "local", log_to_driver=args.ray_logs, configure_logging=args.ray_logs,
-                 runtime_env=RAY_RUNTIME_ENV)
+    if not ray.is_initialized():  # a fresh local instance unless --address joins a running cluster
+        init_ray(cfg.resources.address, log_to_driver=args.ray_logs, configure_logging=args.ray_logs)
     try:
         plan_resources(cfg, ray.cluster_resources())  # e.g. --num-gpus beyond what the cluster has
         check_shared_storage(cfg.storage_path)  # multi-node: every node must see the run directory

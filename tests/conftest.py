@@ -30,9 +30,9 @@ def fmnist():
 @pytest.fixture(scope="session")
 def ray_local():
     import ray
-    from distributed.tuner import RAY_RUNTIME_ENV
+    from distributed.tuner import init_ray
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, log_to_driver=False, configure_logging=False, runtime_env=RAY_RUNTIME_ENV)
+        init_ray(None, num_cpus=2, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
 
