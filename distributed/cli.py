@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import typing
-from dataclasses import fields
 
 from distributed.config import PRESETS, TOP_LEVEL, ConfigError, ExperimentConfig, leaf_fields, override
 
