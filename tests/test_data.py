@@ -142,4 +142,4 @@ def test_fuzz_parse_idx_truncations(cut, magic):
         out = fm.parse_idx(raw[:cut])
     except fm.DataError:
         return
-    assert magic == 0x803 and cut == len(raw) and out.shape == (2, 28, 28)
+    assert magic == 0x803 and cut >= len(raw) and out.shape == (2, 28, 28)  # only the whole file parses
