@@ -1,0 +1,86 @@
+"""experiments/bench.py: the overhead arithmetic on a hand-made run directory, and a real `--quick` run
+checked for a well-formed bench.json (keys, types, ranges). No timing is asserted anywhere."""
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from conftest import load_script
+
+bench = load_script("bench")
+
+TOP_LEVEL = {"throughput_img_s", "throughput_vs_compute_only", "throughput_vs_seed_pipeline", "mfu",
+             "overhead_fraction", "asha_epoch_ratio", "asha_acc_gap", "time_to_93_s", "best_test_acc_15min",
+             "full_ensemble_test_acc", "machine", "versions", "repeats", "notes"}
+FRACTIONS = ("mfu", "overhead_fraction", "best_test_acc_15min", "full_ensemble_test_acc")
+
+
+def write_trial(run_dir, trial_id, iterations):
+    """iterations: (time_this_iter_s, slowest fold's seconds) per epoch."""
+    d = run_dir / "tune" / trial_id
+    d.mkdir(parents=True)
+    total, lines, rows = 0.0, [], []
+    for epoch, (this_iter, fold_s) in enumerate(iterations, 1):
+        total += this_iter
+        lines.append(json.dumps({"epoch": epoch, "training_iteration": epoch, "time_this_iter_s": this_iter,
+                                 "time_total_s": total}))
+        rows += [{"trial_id": trial_id, "epoch": epoch, "fold": f, "seconds": fold_s - f} for f in range(3)]
+    (d / "result.json").write_text("\n".join(lines) + "\n")
+    return rows
+
+
+def test_overhead_from_run_splits_wall_time(tmp_path):
+    rows = write_trial(tmp_path, "a", [(30.0, 10.0), (11.0, 10.0), (12.0, 10.0)])  # 20 s start, 3 s reporting
+    rows += write_trial(tmp_path, "b", [(25.0, 5.0)])                               # 20 s start
+    pd.DataFrame(rows).to_parquet(tmp_path / "epochs.parquet")
+    (tmp_path / "summary.json").write_text(json.dumps(
+        {"wall_s": 100.0, "n_trials": 2, "epochs_run_total": 4, "best_cv": {"val_acc_mean": 0.9}}))
+    o = bench.overhead_from_run(tmp_path)
+    assert o["compute_s"] == pytest.approx(35.0)  # the slowest fold of each epoch: 10 + 10 + 10 + 5
+    assert o["overhead_fraction"] == pytest.approx(0.65)
+    assert o["worker_start_s"] == pytest.approx(40.0)
+    assert o["per_epoch_report_s"] == pytest.approx(3.0)
+    assert o["between_trials_s"] == pytest.approx(100.0 - 53.0 - 25.0)
+    assert (o["trials"], o["epochs_run_total"], o["best_val_acc_mean"]) == (2, 4, 0.9)
+
+
+def test_train_flops_of_the_seed_model_match_its_convolutions():
+    # forward multiply-adds of the seed CNN: 4 convs + 2 linears, x2 FLOPs, x3 for forward + backward,
+    # less the first conv's input gradient (the image needs none)
+    macs = [28 * 28 * 32 * 1 * 9, 28 * 28 * 32 * 32 * 9, 14 * 14 * 64 * 32 * 9, 14 * 14 * 64 * 64 * 9,
+            64 * 7 * 7 * 512, 512 * 10]
+    expected = 2 * (3 * sum(macs) - macs[0])
+    assert bench.train_flops_per_image(bench.SEED_MODEL, bench.torch.device("cpu")) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.ray
+def test_quick_run_writes_a_well_formed_bench_json(ray_local, tmp_path):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--out", str(out)]) == 0
+    b = json.loads(out.read_text())
+    assert set(b) == TOP_LEVEL
+    for key in TOP_LEVEL - {"machine", "versions", "repeats", "notes"}:
+        value = b[key]
+        if value is None:
+            assert isinstance(b["notes"][key], str) and b["notes"][key], key  # a null carries its reason
+        else:
+            assert isinstance(value, (int, float)) and math.isfinite(value), key
+    for key in FRACTIONS:
+        assert b[key] is None or 0 <= b[key] <= 1, key
+    for key in ("throughput_img_s", "throughput_vs_compute_only", "throughput_vs_seed_pipeline", "asha_epoch_ratio"):
+        assert b[key] > 0, key
+    assert b["asha_acc_gap"] is None or -1 <= b["asha_acc_gap"] <= 1
+    assert b["time_to_93_s"] is None or b["time_to_93_s"] > 0
+    assert b["repeats"] == 2 and b["machine"]["cores"] >= 1 and len(b["machine"]["load_avg_end"]) == 3
+    assert set(b["versions"]) >= {"torch", "ray", "optuna", "torchvision", "python"}
+    tp = b["notes"]["details"]["throughput"]
+    for model in ("seed_model", "quick_model"):
+        for variant in ("fold_loop", "compute_only", "seed_pipeline"):
+            s = tp[model]["img_s"][variant]
+            assert s["n"] == 2 and 0 < s["min"] <= s["median"] <= s["max"]
+    assert tp["seed_model"]["params"] == 1_677_482
+    search = b["notes"]["details"]["search"]
+    assert search["fifo"]["epochs_run_total"] == 2 * 2  # FIFO: every trial to max_t
+    assert 0 < search["asha"]["compute_s"] < search["asha"]["wall_s"]
+    assert set(b["notes"]["runs"]) == {"throughput", "search", "accuracy", "ensemble"}
