@@ -628,7 +628,7 @@ def report_section(clip_dir: Path, cnn_per_class: dict | None = None, cnn_summar
 
     rows = []
     if cnn:
-        rows.append(("CNN (from the run)", m["split"], "–", cnn.get("acc"), cnn.get("macro_f1")))
+        rows.append(("CNN (from the run)", m["split"], "all", cnn.get("acc"), cnn.get("macro_f1")))
     rows.append(("CLIP zero-shot", m["split"], m["n_images"], m["acc"], m["macro_f1"]))
     lp = m.get("linear_probe")
     if lp:

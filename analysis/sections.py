@@ -366,9 +366,11 @@ def clip_section(run_dir: Path, scores: dict, log: Log) -> tuple[Section, dict |
         return sec, None
     try:
         from analysis import clip  # noqa: PLC0415 (optional part, written separately; open_clip is heavy)
-        test = scores["test"]  # the fragment compares CLIP with the CNN's test numbers
-        part = clip.report_section(clip_dir, cnn_per_class=metrics.per_class_dict(test["per_class"]),
-                                   cnn_summary={"acc": test["acc"], "macro_f1": test["macro_f1"]})
+        test = scores["test"]  # the CNN's numbers are on the whole test split: compared only with CLIP's test
+        same_split = json.loads((clip_dir / "metrics.json").read_text()).get("split") == "test"
+        part = clip.report_section(
+            clip_dir, cnn_per_class=metrics.per_class_dict(test["per_class"]) if same_split else None,
+            cnn_summary={"acc": test["acc"], "macro_f1": test["macro_f1"]} if same_split else None)
         clip_metrics = {key: part["metrics"][key] for key in ("model", "pretrained", "acc", "macro_f1")}
     except Exception as e:  # a broken optional section must not cost the rest of the report
         log(f"warning: CLIP section failed: {type(e).__name__}: {e}")

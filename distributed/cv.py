@@ -83,8 +83,11 @@ def fold_worker(loop_config: dict) -> None:
     if loop_config.get("replay_history"):
         # Tune restarted this trial (a resumed search) and kept none of its results: report the epochs
         # already trained again, from the checkpoint, so Tune, ASHA and the tables see the whole curve.
-        for past in history:
+        # The last one names the restored checkpoint, which holds this fold's model and OOF predictions.
+        for past in history[:-1]:
             ray.train.report(past)
+        if history:
+            ray.train.report({**history[-1], "restored_checkpoint": checkpoint.path})
 
     # ---- the epoch loop
     for epoch in range(start_epoch + 1, train_cfg.epochs + 1):

@@ -36,11 +36,13 @@ def read_trial(trial_dir: Path) -> tuple[dict, list[dict]]:
     return params, results
 
 
-def trial_dirs(run_dir: Path) -> list[Path]:
-    tune_dir = Path(run_dir) / "tune"
-    if not tune_dir.is_dir():
-        return []
-    return sorted(p for p in tune_dir.iterdir() if p.is_dir() and (p / "params.json").exists())
+def trial_dirs(*tune_dirs: Path) -> list[Path]:
+    """Trial directories (those with params.json) in `tune_dirs`; a later directory's copy of a trial wins."""
+    found = {}
+    for tune_dir in map(Path, tune_dirs):
+        if tune_dir.is_dir():
+            found.update({p.name: p for p in tune_dir.iterdir() if p.is_dir() and (p / "params.json").exists()})
+    return [found[name] for name in sorted(found)]
 
 
 def infer_status(trial_dir: Path, epochs_run: int, max_epochs: int, known: str | None) -> str:
@@ -60,10 +62,16 @@ def statuses_from_disk(run_dir: Path) -> dict[str, str]:
     return {t: s for t, s in zip(df.trial_id, df.status) if s != "running"}
 
 
-def build_tables(run_dir: Path, cfg: ExperimentConfig, statuses: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def build_tables(run_dir: Path, cfg: ExperimentConfig, statuses: dict[str, str],
+                 live_dir: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The run tables from the trials' logs in RUN_DIR/tune, overridden by `live_dir` where it has a trial.
+
+    While a search runs, Tune writes the trial logs on the driver (`live_dir`) and copies them to RUN_DIR/tune
+    only every ten seconds or more, so the tracker passes the live copy: a finished trial is never read stale.
+    """
     run_dir = Path(run_dir)
     trial_rows, epoch_rows = [], []
-    for d in trial_dirs(run_dir):
+    for d in trial_dirs(run_dir / "tune", *([live_dir] if live_dir else [])):
         hparams, results = read_trial(d)
         trial_id = d.name
         by_epoch = {r["epoch"]: r for r in results if "epoch" in r}  # a retried epoch: keep the last report
@@ -139,8 +147,9 @@ def _py(v):
     return v.item() if hasattr(v, "item") else v
 
 
-def write_run_tables(run_dir: Path, cfg: ExperimentConfig, meta: dict, statuses: dict[str, str], wall_s: float) -> dict:
-    trials, epochs = build_tables(run_dir, cfg, statuses)
+def write_run_tables(run_dir: Path, cfg: ExperimentConfig, meta: dict, statuses: dict[str, str], wall_s: float,
+                     live_dir: Path | None = None) -> dict:
+    trials, epochs = build_tables(run_dir, cfg, statuses, live_dir)
     for name, df in (("trials.parquet", trials), ("epochs.parquet", epochs)):
         write_bytes_atomic(Path(run_dir) / name, df.to_parquet(index=False))
     summary = make_summary(cfg, trials, epochs, meta, wall_s)

@@ -79,6 +79,8 @@ class FoldMeanReport(TuneReportCallback):
             out[f"{key}_folds"] = values
         if checkpoint:
             out[CHECKPOINT_PATH_KEY] = checkpoint.path
+        elif "restored_checkpoint" in folds[0]:  # a replayed epoch (see fold_worker): its checkpoint is on disk
+            out[CHECKPOINT_PATH_KEY] = folds[0]["restored_checkpoint"]
         self._training_actor_item_queue.put(out)
 
 
@@ -146,11 +148,13 @@ class RunTracker(ray.tune.Callback):
         self.cfg, self.run_dir, self.meta = cfg, run_dir, meta
         self.t0 = time.monotonic()
         self.statuses: dict[str, str] = {}
+        self.live_dir: Path | None = None  # Tune's driver-side trial logs, ahead of RUN_DIR/tune
 
     def _say(self, msg: str) -> None:
         print(f"[{time.monotonic() - self.t0:7.1f}s] {msg}", flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        self.live_dir = Path(trial.local_path).parent
         hp = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.config.items())
         self._say(f"trial {trial.trial_id} started: {hp}")
 
@@ -169,14 +173,26 @@ class RunTracker(ray.tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.statuses[trial.trial_id] = "errored"
-        error = (self.run_dir / "tune" / trial.trial_id / "error.txt")
+        error = Path(trial.local_path) / "error.txt"
         last = error.read_text().strip().splitlines()[-1] if error.exists() else "no error.txt"
         self._say(f"trial {trial.trial_id} errored: {last} (full trace: {error})")
         self.write(final=False)
 
     def write(self, final: bool) -> dict:
         wall = self.meta.get("wall_s_before", 0.0) + time.monotonic() - self.t0
-        return tables.write_run_tables(self.run_dir, self.cfg, self.meta, self.statuses, wall)
+        # the final tables read RUN_DIR/tune: Tune has copied every log there when fit() returns
+        live = None if final else self.live_dir
+        return tables.write_run_tables(self.run_dir, self.cfg, self.meta, self.statuses, wall, live)
+
+
+def make_scheduler(cfg: ExperimentConfig):
+    """ASHA on fold-mean accuracy (the metric and mode come from TuneConfig), or FIFO: every trial runs to the end."""
+    if cfg.search.scheduler == "fifo":
+        return ray.tune.schedulers.FIFOScheduler()
+    return ray.tune.schedulers.ASHAScheduler(
+        time_attr="epoch",  # epochs, not Tune's report count: a trial restarted by a resume replays reports
+        max_t=cfg.train.epochs, grace_period=cfg.search.grace_period,
+        reduction_factor=cfg.search.reduction_factor)
 
 
 def run_search(cfg: ExperimentConfig, run_dir: Path, shared: dict, meta: dict) -> dict:
@@ -203,10 +219,7 @@ def run_search(cfg: ExperimentConfig, run_dir: Path, shared: dict, meta: dict) -
         # stale): swap in this session's. Ray exposes no public setter for this.
         tuner._local_tuner.get_run_config().callbacks = [tracker]
     else:
-        scheduler = (ray.tune.schedulers.ASHAScheduler(
-            time_attr="epoch", max_t=cfg.train.epochs,  # epochs, not reports: replays can repeat reports grace_period=cfg.search.grace_period,
-            reduction_factor=cfg.search.reduction_factor)
-            if cfg.search.scheduler == "asha" else ray.tune.schedulers.FIFOScheduler())
+        scheduler = make_scheduler(cfg)
         tuner = ray.tune.Tuner(
             trainable,
             tune_config=ray.tune.TuneConfig(

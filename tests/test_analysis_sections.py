@@ -65,9 +65,10 @@ def test_clip_section_without_results_says_how_to_make_them(tmp_path):
     assert f"python experiments/clip_zeroshot.py --run-dir {tmp_path}" in sec.render()
 
 
-def test_clip_section_embeds_the_fragment_and_compares(tmp_path, monkeypatch):
+@pytest.mark.parametrize("split", ["test", "train"])
+def test_clip_section_embeds_the_fragment_and_compares(tmp_path, monkeypatch, split):
     (tmp_path / "clip").mkdir()
-    (tmp_path / "clip" / "metrics.json").write_text("{}")
+    (tmp_path / "clip" / "metrics.json").write_text(json.dumps({"split": split}))
     seen = {}
 
     def report_section(clip_dir, cnn_per_class, cnn_summary):
@@ -79,9 +80,12 @@ def test_clip_section_embeds_the_fragment_and_compares(tmp_path, monkeypatch):
     scores = sections.score(synthetic_evaluation())
     sec, metrics = sections.clip_section(tmp_path, scores, print)
     assert metrics == {"model": "ViT-B-32", "pretrained": "laion2b", "acc": 0.63, "macro_f1": 0.6}
-    assert seen["dir"] == tmp_path / "clip" and list(seen["cnn"]) == list(CLASS_NAMES)
-    assert seen["summary"] == {"acc": scores["test"]["acc"], "macro_f1": scores["test"]["macro_f1"]}
-    assert seen["cnn"]["Shirt"] == metrics_of(scores)["Shirt"]
+    assert seen["dir"] == tmp_path / "clip"
+    if split == "train":  # the CNN's numbers are on the test split: no comparison on another split
+        assert seen["cnn"] is None and seen["summary"] is None
+    else:
+        assert list(seen["cnn"]) == list(CLASS_NAMES) and seen["cnn"]["Shirt"] == metrics_of(scores)["Shirt"]
+        assert seen["summary"] == {"acc": scores["test"]["acc"], "macro_f1": scores["test"]["macro_f1"]}
     assert "<p id='clip-fragment'>zero-shot</p>" in sec.render()
 
 
