@@ -270,31 +270,13 @@ def load_script(name: str):
     return module
 
 
-def start_private_ray() -> None:
-    """A fresh local Ray instance that neither this driver nor its workers confuse with another one.
-
-    With another Ray instance on the machine (a `ray start`, a colleague's tests), Ray Train's
-    PlacementGroupCleaner looks the cluster up by itself, finds "multiple active Ray instances", joins the
-    newest `ray start` one and dies; the first trial's placement group then leaks and the next trial
-    waits forever. A known GCS port in RAY_ADDRESS, inherited by every worker, pins them all to this one.
-    """
-    import socket
-    import ray
-    from distributed.tuner import RAY_RUNTIME_ENV
-    with socket.socket() as s:
-        s.bind(("", 0))
-        port = s.getsockname()[1]
-    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
-    os.environ["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
-    ray.init(address="local", log_to_driver=False, configure_logging=False, runtime_env=RAY_RUNTIME_ENV)
-
-
 def bench_search(quick: bool, search_args: list[str]) -> tuple[dict, dict, dict]:
     import ray
     tune = load_script("tune")
     t0 = time.perf_counter()
-    if not ray.is_initialized():
-        start_private_ray()
+    if not ray.is_initialized():  # a private instance: see distributed.tuner.init_ray
+        from distributed.tuner import init_ray
+        init_ray(None, log_to_driver=False, configure_logging=False)
     details = {"ray_init_s": time.perf_counter() - t0}
     base = (["--preset", "smoke", "--num-samples", "2", "--folds", "2", "--epochs", "2", "--limit-train", "200"]
             if quick else ["--preset", "quick"]) + ["--search-seed", "0"] + search_args
