@@ -116,14 +116,19 @@ def compute_only(model, opt, sched, batches, cfg: TrainConfig, device) -> float:
     sync(device)
     t0 = time.perf_counter()
     for xb, yb in batches:
-        with autocast(device):
-            loss = F.cross_entropy(model(xb), yb, label_smoothing=cfg.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        plain_step(model, opt, sched, xb, yb, cfg, device)
     sync(device)
     return sum(len(yb) for _, yb in batches) / (time.perf_counter() - t0)
+
+
+def plain_step(model, opt, sched, xb, yb, cfg: TrainConfig, device) -> None:
+    """One optimisation step of a baseline: the loss, backward and update of train_one_epoch, nothing else."""
+    with autocast(device):
+        loss = F.cross_entropy(model(xb), yb, label_smoothing=cfg.label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -152,12 +157,7 @@ def seed_pipeline(model, opt, sched, loader, cfg: TrainConfig, device) -> float:
     t0, n = time.perf_counter(), 0
     for xb, yb in loader:
         xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-        with autocast(device):
-            loss = F.cross_entropy(model(xb), yb, label_smoothing=cfg.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        plain_step(model, opt, sched, xb, yb, cfg, device)
         n += len(yb)
     sync(device)
     return n / (time.perf_counter() - t0)
@@ -406,6 +406,58 @@ def print_table(out: dict) -> None:
         print(f"{key:30s} {shown}")
 
 
+# (figure, what it is, goal as text, goal check) for BENCHMARKS.md; a check of None: reported, no goal
+GOALS = (
+    ("throughput_img_s", "fold-loop training throughput, seed-sized CNN (img/s)", "", None),
+    ("throughput_vs_compute_only", "... as a fraction of compute only (same model, no augmentation)", ">= 0.9",
+     lambda v: v >= 0.9),
+    ("throughput_vs_seed_pipeline", "... against the seed's PIL + DataLoader pipeline", "> 1 (GPU: >= 5)",
+     lambda v: v > 1),
+    ("mfu", "model FLOP/s / measured peak, seed-sized CNN", ">= 0.60", lambda v: v >= 0.6),
+    ("overhead_fraction", "share of a quick search's wall time not spent computing", "<= 0.15",
+     lambda v: v <= 0.15),
+    ("asha_epoch_ratio", "epochs FIFO / epochs ASHA, same seed and trials", ">= 3", lambda v: v >= 3),
+    ("asha_acc_gap", "best fold-mean accuracy FIFO minus ASHA", "<= 0.005", lambda v: v <= 0.005),
+    ("time_to_93_s", "training seconds to 93% test accuracy, one model, 60k images", "<= 300",
+     lambda v: v <= 300),
+    ("best_test_acc_15min", "best test accuracy within 15 minutes of training", "", None),
+    ("full_ensemble_test_acc", "test accuracy of the full preset's best 5-fold ensemble", ">= 0.945",
+     lambda v: v >= 0.945),
+)
+TABLE_BEGIN, TABLE_END = "<!-- bench.py table: begin -->", "<!-- bench.py table: end -->"
+
+
+def markdown_table(out: dict) -> str:
+    """The figures of `out` (a bench.json) next to their goals, as the Markdown block bench.py keeps in BENCHMARKS.md."""
+    m, v = out["machine"], out["versions"]
+    lines = [TABLE_BEGIN,
+             f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}; torch {v['torch']}, "
+             f"ray {v['ray']}, optuna {v['optuna']}; throughput repeats: {out['repeats']} (median shown).",
+             "", "| figure | measured | goal | met |", "|---|---|---|---|"]
+    for key, label, goal, check in GOALS:
+        value = out.get(key)
+        if value is None:
+            shown, met = f"null: {out['notes'].get(key, 'not measured')}", "not measured"
+        else:
+            shown = f"{value:.4g}"
+            met = "" if check is None else ("yes" if check(value) else "**no**")
+        lines.append(f"| `{key}`: {label} | {shown} | {goal or '(reported)'} | {met} |")
+    lines.append(TABLE_END)
+    return "\n".join(lines)
+
+
+def write_markdown_table(path: Path, out: dict) -> None:
+    """Replace the block between the table markers in `path` (appended at the end if it has none)."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = markdown_table(out)
+    if TABLE_BEGIN in text and TABLE_END in text:
+        head, rest = text.split(TABLE_BEGIN, 1)
+        text = head + block + rest.split(TABLE_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="reduced sizes (a few minutes): checks the plumbing")
@@ -416,6 +468,11 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="throughput repeats (default 5, --quick 2)")
     parser.add_argument("--seed-workers", type=int, default=0,
                         help="DataLoader workers of the seed pipeline baseline (default 0: see BENCHMARKS.md)")
+    parser.add_argument("--markdown", default=None,
+                        help="the Markdown file whose figures table to rewrite (default: BENCHMARKS.md, "
+                             "except with --quick; 'none' to skip)")
+    parser.add_argument("--table-only", action="store_true",
+                        help="measure nothing: rewrite the --markdown table from the figures in --out")
     parser.add_argument("--search-args", default="", help="extra tune.py flags for both searches, e.g. "
                                                           "'--num-samples 12'")
     args = parser.parse_args(argv)
@@ -424,6 +481,12 @@ def main(argv=None) -> int:
     if bad:
         parser.error(f"--only {','.join(bad)}: choose from {', '.join(GROUPS)}")
     repeats = args.repeats or (2 if args.quick else 5)
+    markdown = args.markdown or ("none" if args.quick else str(ROOT / "BENCHMARKS.md"))
+    if args.table_only:
+        out = json.loads(Path(args.out).read_text())
+        write_markdown_table(Path(markdown), out)
+        print(f"wrote the table in {markdown} from {args.out}")
+        return 0
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     out_path = Path(args.out)
@@ -458,6 +521,9 @@ def main(argv=None) -> int:
     out_path.write_text(json.dumps(out, indent=1) + "\n")
     print_table(out)
     print(f"\nwrote {out_path}")
+    if markdown != "none":
+        write_markdown_table(Path(markdown), out)
+        print(f"wrote the table in {markdown}")
     return 0
 
 

@@ -25,6 +25,7 @@ CATALOGUE = [
     ("tune", ["--name", "run"], "{RUN} already exists"),
     ("tune", ["--name", "run", "--resume", "--folds", "4"], "cv.folds"),
     ("tune", ["--name", "ghost", "--resume"], "ghost"),
+    ("tune", ["--storage-path", "s3://bucket/runs"], "s3://bucket/runs: remote storage URIs are not supported"),
     ("report", ["{S}/missing"], "{S}/missing"),
     ("report", ["{S}"], "not a run directory"),
     ("report", ["{RUN}"], "{RUN}/summary.json"),

@@ -84,3 +84,25 @@ def test_quick_run_writes_a_well_formed_bench_json(ray_local, tmp_path):
     assert search["fifo"]["epochs_run_total"] == 2 * 2  # FIFO: every trial to max_t
     assert 0 < search["asha"]["compute_s"] < search["asha"]["wall_s"]
     assert set(b["notes"]["runs"]) == {"throughput", "search", "accuracy", "ensemble"}
+
+
+def test_the_markdown_table_shows_each_figure_against_its_goal(tmp_path):
+    out = {key: None for key, *_ in bench.GOALS}
+    out.update(mfu=0.61, overhead_fraction=0.5, asha_epoch_ratio=3.2, throughput_img_s=900.0,
+               machine={"cpu": "EPYC", "cores": 2, "gpu": None},
+               versions={"torch": "2.14.1", "ray": "2.60.0", "optuna": "5.0.0"}, repeats=5,
+               notes={"full_ensemble_test_acc": "not trained here"})
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n\nintro\n\n<!-- bench.py table: begin -->\nstale row\n<!-- bench.py table: end -->\n\nafter\n")
+    bench.write_markdown_table(md, out)
+    text = md.read_text()
+    assert text.startswith("# Benchmarks\n\nintro\n\n<!-- bench.py table: begin -->") and text.endswith("-->\n\nafter\n")
+    assert "stale row" not in text and text.count("<!-- bench.py table: begin -->") == 1
+    rows = {line.split("`")[1]: line.split(" | ")[1:] for line in text.splitlines() if line.startswith("| `")}
+    assert len(rows) == 10
+    assert rows["mfu"] == ["0.61", ">= 0.60", "yes |"]
+    assert rows["overhead_fraction"] == ["0.5", "<= 0.15", "**no** |"]
+    assert rows["asha_epoch_ratio"] == ["3.2", ">= 3", "yes |"]
+    assert rows["throughput_img_s"] == ["900", "(reported)", " |"]
+    assert rows["full_ensemble_test_acc"] == ["null: not trained here", ">= 0.945", "not measured |"]
+    assert "Machine: EPYC, 2 cores, GPU: none" in text
