@@ -216,13 +216,20 @@ def run_search(cfg: ExperimentConfig, run_dir: Path, shared: dict, meta: dict) -
         {"cpu": TRIAL_CPU})
     tracker = RunTracker(cfg, run_dir, meta)
     tune_dir = run_dir / "tune"
+    # The experiment is RUN_DIR/tune, named "<run name>/tune" under RUN_DIR's parent rather than "tune"
+    # under RUN_DIR: Tune stages its driver files in <ray session>/artifacts/<start second>/<name>, so two
+    # searches started in the same second on one Ray instance would otherwise share (and mix) those files.
+    experiment = f"{run_dir.name}/tune"
     if cfg.resume and ray.tune.Tuner.can_restore(str(tune_dir)):
         tracker.statuses = tables.statuses_from_disk(run_dir)
         tuner = ray.tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
         # The restored RunConfig carries the previous session's tracker (its clock and statuses are
-        # stale): swap in this session's. Ray exposes no public setter for this.
-        tuner._local_tuner.get_run_config().callbacks = [tracker]
+        # stale): swap in this session's, and the run-named experiment (see below). Ray has no public
+        # setter for either.
+        restored = tuner._local_tuner.get_run_config()
+        restored.callbacks = [tracker]
+        restored.name, restored.storage_path = experiment, str(run_dir.parent)
     else:
         scheduler = make_scheduler(cfg)
         tuner = ray.tune.Tuner(
@@ -234,7 +241,7 @@ def run_search(cfg: ExperimentConfig, run_dir: Path, shared: dict, meta: dict) -
                 trial_dirname_creator=lambda t: t.trial_id, trial_name_creator=lambda t: t.trial_id,
             ),
             run_config=ray.tune.RunConfig(
-                name="tune", storage_path=str(run_dir), callbacks=[tracker], verbose=0,
+                name=experiment, storage_path=str(run_dir.parent), callbacks=[tracker], verbose=0,
                 failure_config=ray.tune.FailureConfig(max_failures=cfg.search.max_failures),
             ),
         )

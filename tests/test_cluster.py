@@ -121,4 +121,5 @@ def test_two_searches_share_one_ray_instance(cluster, tmp_path):
         assert len(trials) == 2 and summary["name"] == name and summary["n_trials_completed"] == 2
         ids[name] = set(trials.trial_id)
         assert {p.name for p in (run_dir / "folds").iterdir()} == ids[name]  # only its own checkpoints
+        assert {p.name for p in (run_dir / "tune").iterdir() if p.is_dir()} == ids[name]  # and its own trial logs
     assert not ids["left"] & ids["right"]
