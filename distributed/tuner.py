@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import math
+import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -35,6 +37,7 @@ from distributed.search import make_searcher
 RAY_RUNTIME_ENV = {"env_vars": {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
                                 "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}}
 
+
 def init_ray(address: str | None, **kwargs) -> None:
     """ray.init: join `address`, or start a fresh local instance that knows its own address.
 
@@ -43,10 +46,6 @@ def init_ray(address: str | None, **kwargs) -> None:
     next trial waits forever). A local instance therefore gets a GCS port picked here, and RAY_ADDRESS names
     it for every process it starts (raylet and workers inherit this process's environment).
     """
-    import os
-    import socket
-
-    import ray
     if address:
         ray.init(address=address, runtime_env=RAY_RUNTIME_ENV, **kwargs)
         return
@@ -153,13 +152,11 @@ class RunTracker(ray.tune.Callback):
         self.cfg, self.run_dir, self.meta = cfg, run_dir, meta
         self.t0 = time.monotonic()
         self.statuses: dict[str, str] = {}
-        self.live_dir: Path | None = None  # Tune's driver-side trial logs, ahead of RUN_DIR/tune
 
     def _say(self, msg: str) -> None:
         print(f"[{time.monotonic() - self.t0:7.1f}s] {msg}", flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.live_dir = Path(trial.local_path).parent
         hp = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.config.items())
         self._say(f"trial {trial.trial_id} started: {hp}")
 
@@ -174,20 +171,21 @@ class RunTracker(ray.tune.Callback):
         status = "completed" if epochs >= self.cfg.train.epochs else "pruned"
         self.statuses[trial.trial_id] = status
         self._say(f"trial {trial.trial_id} {status} after {epochs} epoch(s)")
-        self.write(final=False)
+        self.write(live_dir=Path(trial.local_path).parent)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.statuses[trial.trial_id] = "errored"
-        error = Path(trial.local_path) / "error.txt"
+        error = Path(trial.local_path) / "error.txt"  # Tune's live copy; RUN_DIR/tune gets it later
         last = error.read_text().strip().splitlines()[-1] if error.exists() else "no error.txt"
-        self._say(f"trial {trial.trial_id} errored: {last} (full trace: {error})")
-        self.write(final=False)
+        self._say(f"trial {trial.trial_id} errored: {last} "
+                  f"(full trace: {self.run_dir / 'tune' / trial.trial_id / 'error.txt'})")
+        self.write(live_dir=Path(trial.local_path).parent)
 
-    def write(self, final: bool) -> dict:
+    def write(self, live_dir: Path | None = None) -> dict:
+        """The run tables, from Tune's driver-side trial logs `live_dir` (ahead of RUN_DIR/tune) while the search
+        runs; the final call passes none: Tune has copied every log to RUN_DIR/tune when fit() returns."""
         wall = self.meta.get("wall_s_before", 0.0) + time.monotonic() - self.t0
-        # the final tables read RUN_DIR/tune: Tune has copied every log there when fit() returns
-        live = None if final else self.live_dir
-        return tables.write_run_tables(self.run_dir, self.cfg, self.meta, self.statuses, wall, live)
+        return tables.write_run_tables(self.run_dir, self.cfg, self.meta, self.statuses, wall, live_dir)
 
 
 def make_scheduler(cfg: ExperimentConfig):
@@ -246,4 +244,4 @@ def run_search(cfg: ExperimentConfig, run_dir: Path, shared: dict, meta: dict) -
             ),
         )
     tuner.fit()
-    return tracker.write(final=True)
+    return tracker.write()

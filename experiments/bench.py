@@ -82,11 +82,11 @@ def machine() -> dict:
 
 
 def versions() -> dict:
-    import optuna
-    import ray
     import torchvision
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "ray": ray.__version__, "optuna": optuna.__version__, "numpy": np.__version__}
+
+    from distributed.run import versions as engine_versions  # ray, torch, optuna: as summary.json records them
+    return {"python": platform.python_version(), **engine_versions(), "torchvision": torchvision.__version__,
+            "numpy": np.__version__}
 
 
 def load_avg() -> list[float]:
