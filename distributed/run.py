@@ -6,11 +6,13 @@ an existing run directory.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from distributed import data as fm
+from distributed import storage
 from distributed.config import ConfigError, ExperimentConfig, load, to_dict
 from distributed.folds import make_folds, split_fingerprint
 
@@ -33,13 +35,34 @@ def versions() -> dict:
 
 def prepare_run(cfg: ExperimentConfig) -> tuple[Path, dict, dict]:
     """Returns (run_dir, shared arrays for the object store, meta for summary.json)."""
-    run_dir = Path(cfg.storage_path) / cfg.name
-    if "://" in cfg.storage_path:
-        raise ConfigError(f"--storage-path {cfg.storage_path}: remote storage URIs are not supported yet; "
-                          f"use a local or shared (NFS) directory")
+    run_dir = storage.local_run_dir(cfg.storage_path, cfg.name)
+    store = storage.parse_storage_uri(cfg.storage_path)
     if run_dir.exists() and not cfg.resume:
         raise ConfigError(f"run directory {run_dir} already exists: pass --resume to continue it, "
                           f"or choose another --name")
+    if store is None:
+        return _check_run(cfg, run_dir)
+    in_bucket = storage.remote_run_exists(store, cfg.name)  # also: can the bucket be read at all?
+    if in_bucket and not cfg.resume:
+        raise ConfigError(f"{store.run_uri(cfg.name)} already exists: pass --resume to continue it, "
+                          f"or choose another --name")
+    if not (cfg.resume and in_bucket and not run_dir.exists()):
+        return _check_run(cfg, run_dir)
+    # A resume on a machine without the driver's working copy: fetch it from the bucket and check it like a
+    # local one; if the check refuses, the fetched copy goes again (a refused resume leaves nothing behind).
+    made_parent = not run_dir.parent.exists()
+    n = storage.download_driver_files(store, cfg.name, run_dir)
+    try:
+        prepared = _check_run(cfg, run_dir)
+    except ConfigError:
+        shutil.rmtree(run_dir.parent if made_parent else run_dir, ignore_errors=True)
+        raise
+    print(f"--resume: fetched {n} file(s) of {store.run_uri(cfg.name)} into {run_dir}", flush=True)
+    return prepared
+
+
+def _check_run(cfg: ExperimentConfig, run_dir: Path) -> tuple[Path, dict, dict]:
+    """prepare_run's checks of the local run directory (for --resume) and the data; loads the data."""
     if cfg.resume and not (run_dir / "config.json").exists():
         raise ConfigError(f"--resume: {run_dir} is not a run directory of this tool (no config.json)")
     if cfg.resume:

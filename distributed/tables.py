@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import posixpath
 from dataclasses import asdict
 from pathlib import Path
 
@@ -63,11 +64,13 @@ def statuses_from_disk(run_dir: Path) -> dict[str, str]:
 
 
 def build_tables(run_dir: Path, cfg: ExperimentConfig, statuses: dict[str, str],
-                 live_dir: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 live_dir: Path | None = None, remote_root: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The run tables from the trials' logs in RUN_DIR/tune, overridden by `live_dir` where it has a trial.
 
     While a search runs, Tune writes the trial logs on the driver (`live_dir`) and copies them to RUN_DIR/tune
     only every ten seconds or more, so the tracker passes the live copy: a finished trial is never read stale.
+    remote_root: the run's path in its bucket (bucket/prefix/NAME) when it is stored in one; checkpoint paths
+    are recorded relative to it, as they are to the run directory otherwise.
     """
     run_dir = Path(run_dir)
     trial_rows, epoch_rows = [], []
@@ -94,7 +97,7 @@ def build_tables(run_dir: Path, cfg: ExperimentConfig, statuses: dict[str, str],
             for fold, v in enumerate(last.get(f"{m}_folds", [])):
                 row[f"{m}_fold{fold}"] = v
         ckpt = last.get("checkpoint_path")
-        row["checkpoint_path"] = str(Path(ckpt).resolve().relative_to(run_dir.resolve())) if ckpt else None
+        row["checkpoint_path"] = relative_checkpoint(ckpt, run_dir, remote_root) if ckpt else None
         row["node_ip"] = last.get("node_ip")  # where the trial function ran
         for key in ("fold_node_ids", "fold_node_ips"):  # where each fold worker ran
             row[key] = ",".join(last.get(key, []))
@@ -103,6 +106,13 @@ def build_tables(run_dir: Path, cfg: ExperimentConfig, statuses: dict[str, str],
     trials = pd.DataFrame(trial_rows)
     epochs = pd.DataFrame(epoch_rows, columns=["trial_id", "epoch", "fold", *FOLD_METRICS])
     return trials, epochs
+
+
+def relative_checkpoint(ckpt: str, run_dir: Path, remote_root: str | None = None) -> str:
+    """A checkpoint's path relative to the run: folds/<trial>/checkpoint_... (the same for local and bucket runs)."""
+    if remote_root is not None:  # Ray names checkpoints in a bucket as bucket/prefix/NAME/folds/...
+        return posixpath.relpath(ckpt.split("://", 1)[-1], remote_root.strip("/"))
+    return str(Path(ckpt).resolve().relative_to(Path(run_dir).resolve()))
 
 
 def best_trial(trials: pd.DataFrame) -> pd.Series | None:
@@ -148,8 +158,8 @@ def _py(v):
 
 
 def write_run_tables(run_dir: Path, cfg: ExperimentConfig, meta: dict, statuses: dict[str, str], wall_s: float,
-                     live_dir: Path | None = None) -> dict:
-    trials, epochs = build_tables(run_dir, cfg, statuses, live_dir)
+                     live_dir: Path | None = None, remote_root: str | None = None) -> dict:
+    trials, epochs = build_tables(run_dir, cfg, statuses, live_dir, remote_root)
     for name, df in (("trials.parquet", trials), ("epochs.parquet", epochs)):
         write_bytes_atomic(Path(run_dir) / name, df.to_parquet(index=False))
     summary = make_summary(cfg, trials, epochs, meta, wall_s)

@@ -22,7 +22,7 @@ import ray.tune
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
-from distributed import tables
+from distributed import storage, tables
 from distributed.config import FOLD_METRICS, METRIC, MODE, ConfigError, ExperimentConfig, from_dict, to_dict
 from distributed.cv import fold_worker
 from distributed.search import make_searcher
@@ -88,13 +88,16 @@ class FoldMeanReport(TuneReportCallback):
         self._training_actor_item_queue.put(out)
 
 
-def run_trial(hparams: dict, experiment: dict, shared: list, run_dir: str, resources: dict) -> None:
-    """One Tune trial: K fold workers on Ray Train. The trial id names its Train run (resume finds it)."""
+def run_trial(hparams: dict, experiment: dict, shared: list, run_root: str, resources: dict) -> None:
+    """One Tune trial: K fold workers on Ray Train. The trial id names its Train run (resume finds it).
+
+    run_root is where the nodes write: the run directory's absolute path, or its s3:// / gs:// URI.
+    """
     cfg = from_dict(experiment)
     trial_id = ray.tune.get_context().get_trial_id()
     # A Train run of this name already in storage means Tune restarted the trial (resume after a driver
     # crash): Train resumes it from its last checkpoint, and the workers replay the finished epochs' metrics.
-    restarted = (Path(run_dir) / "folds" / trial_id).exists()
+    restarted = storage.path_exists(f"{run_root}/folds/{trial_id}")
     trainer = TorchTrainer(
         fold_worker,
         train_loop_config={"experiment": experiment, "hparams": hparams, "data_ref": shared[0],
@@ -106,7 +109,7 @@ def run_trial(hparams: dict, experiment: dict, shared: list, run_dir: str, resou
         # gloo: fractional GPUs per worker share a device, which NCCL refuses; only metrics cross ranks.
         torch_config=TorchConfig(backend="gloo"),
         run_config=ray.train.RunConfig(
-            name=trial_id, storage_path=str(Path(run_dir) / "folds"),
+            name=trial_id, storage_path=f"{run_root}/folds",
             callbacks=[FoldMeanReport()],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=cfg.search.max_failures),
@@ -150,6 +153,7 @@ class RunTracker(ray.tune.Callback):
 
     def __init__(self, cfg: ExperimentConfig, run_dir: Path, meta: dict):
         self.cfg, self.run_dir, self.meta = cfg, run_dir, meta
+        self.store = storage.parse_storage_uri(cfg.storage_path)  # None: the run directory is all there is
         self.t0 = time.monotonic()
         self.statuses: dict[str, str] = {}
 
@@ -185,7 +189,11 @@ class RunTracker(ray.tune.Callback):
         """The run tables, from Tune's driver-side trial logs `live_dir` (ahead of RUN_DIR/tune) while the search
         runs; the final call passes none: Tune has copied every log to RUN_DIR/tune when fit() returns."""
         wall = self.meta.get("wall_s_before", 0.0) + time.monotonic() - self.t0
-        return tables.write_run_tables(self.run_dir, self.cfg, self.meta, self.statuses, wall, live_dir)
+        root = self.store.fs_path(self.cfg.name) if self.store else None
+        summary = tables.write_run_tables(self.run_dir, self.cfg, self.meta, self.statuses, wall, live_dir, root)
+        if self.store:  # the bucket's copy of the driver's files, so a resume or a report can start anywhere
+            storage.upload(self.run_dir, self.store, self.cfg.name)
+        return summary
 
 
 def make_scheduler(cfg: ExperimentConfig):
@@ -207,27 +215,31 @@ def run_search(cfg: ExperimentConfig, run_dir: Path, shared: dict, meta: dict) -
     print(f"resources: {cfg.cv.folds} fold workers per trial x ({res['cpu']:g} CPU, {res['gpu']:g} GPU); "
           f"up to {res['concurrent']} trial(s) at once; cluster {res['cluster']}", flush=True)
 
+    # Where the nodes write fold checkpoints and the Tune experiment: the run directory, or the bucket.
+    store = storage.parse_storage_uri(cfg.storage_path)
+    parent = store.uri if store else str(run_dir.parent)
+    run_root = f"{parent}/{run_dir.name}"
     data_ref = ray.put(shared)  # the only copy of the data; fold workers read it zero-copy
     trainable = ray.tune.with_resources(
-        ray.tune.with_parameters(run_trial, experiment=to_dict(cfg), shared=[data_ref], run_dir=str(run_dir),
+        ray.tune.with_parameters(run_trial, experiment=to_dict(cfg), shared=[data_ref], run_root=run_root,
                                  resources=res),
         {"cpu": TRIAL_CPU})
     tracker = RunTracker(cfg, run_dir, meta)
-    tune_dir = run_dir / "tune"
+    tune_dir = f"{run_root}/tune"
     # The experiment is RUN_DIR/tune, named "<run name>/tune" under RUN_DIR's parent rather than "tune"
     # under RUN_DIR: Tune stages its driver files in <ray session>/artifacts/<start second>/<name>, so two
     # searches started in the same second on one Ray instance would otherwise share (and mix) those files.
     experiment = f"{run_dir.name}/tune"
-    if cfg.resume and ray.tune.Tuner.can_restore(str(tune_dir)):
+    if cfg.resume and ray.tune.Tuner.can_restore(tune_dir):
         tracker.statuses = tables.statuses_from_disk(run_dir)
-        tuner = ray.tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True,
+        tuner = ray.tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
         # The restored RunConfig carries the previous session's tracker (its clock and statuses are
         # stale): swap in this session's, and the run-named experiment (see below). Ray has no public
         # setter for either.
         restored = tuner._local_tuner.get_run_config()
         restored.callbacks = [tracker]
-        restored.name, restored.storage_path = experiment, str(run_dir.parent)
+        restored.name, restored.storage_path = experiment, parent
     else:
         scheduler = make_scheduler(cfg)
         tuner = ray.tune.Tuner(
@@ -239,9 +251,11 @@ def run_search(cfg: ExperimentConfig, run_dir: Path, shared: dict, meta: dict) -
                 trial_dirname_creator=lambda t: t.trial_id, trial_name_creator=lambda t: t.trial_id,
             ),
             run_config=ray.tune.RunConfig(
-                name=experiment, storage_path=str(run_dir.parent), callbacks=[tracker], verbose=0,
+                name=experiment, storage_path=parent, callbacks=[tracker], verbose=0,
                 failure_config=ray.tune.FailureConfig(max_failures=cfg.search.max_failures),
             ),
         )
     tuner.fit()
+    if store:  # the final tables read the trial logs Tune has now written to the bucket
+        storage.download(store, cfg.name, run_dir, "tune")
     return tracker.write()

@@ -7,6 +7,7 @@ network), metrics.json, figures/*.png and the Parquet tables behind them in tabl
     python experiments/report.py results/quick
     python experiments/report.py results/full --num-gpus 1 --umap-samples 10000
     python experiments/report.py results/smoke --no-umap --out /tmp/smoke-report
+    python experiments/report.py s3://my-bucket/runs/full   # a run stored in a bucket: fetched to results/full
 
 Exit codes: 0 done; 2 bad input (one line on stderr; nothing is written); 1 a failure while building.
 """
@@ -33,7 +34,8 @@ def umap_samples(text: str) -> int:
 
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="report.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", help="a run directory written by experiments/tune.py (results/NAME)")
+    parser.add_argument("run_dir", help="a run directory written by experiments/tune.py (results/NAME), or the "
+                                        "URI of one stored in a bucket (s3://BUCKET/PREFIX/NAME)")
     parser.add_argument("--out", help="report directory (default: RUN_DIR/report)")
     parser.add_argument("--no-umap", action="store_true", help="skip the UMAP maps (section 6)")
     parser.add_argument("--umap-samples", type=umap_samples, default=5000,
@@ -50,8 +52,12 @@ def main(argv=None) -> int:
     import torch
 
     from analysis import evaluate, tables
+    from distributed import storage
     try:  # all bad input is found here, before anything is computed or written
-        run = tables.load_run(args.run_dir)
+        run = tables.load_run(storage.fetch_run(args.run_dir))  # s3:// and gs:// runs: a local copy first
+        if storage.fetch_checkpoint(run.run_dir, run.config.storage_path, run.config.name,
+                                    run.summary["best_checkpoint"]):
+            log(f"fetched the best trial's fold checkpoints from {run.config.storage_path}")
         evaluate.check_inputs(run)
         devices = evaluate.inference_devices(run.folds, args.num_gpus, torch.cuda.device_count())
         out = Path(args.out) if args.out else run.run_dir / "report"

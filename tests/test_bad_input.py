@@ -5,6 +5,7 @@ directory left byte-for-byte as it was. tests/test_tune_cli.py covers the engine
 more depth; this test is the cross-CLI contract."""
 import gzip
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,11 @@ CATALOGUE = [
     ("tune", ["--name", "run"], "{RUN} already exists"),
     ("tune", ["--name", "run", "--resume", "--folds", "4"], "cv.folds"),
     ("tune", ["--name", "ghost", "--resume"], "ghost"),
-    ("tune", ["--storage-path", "s3://bucket/runs"], "s3://bucket/runs: remote storage URIs are not supported"),
+    ("tune", ["--storage-path", "ftp://host/runs"], "ftp://host/runs: unsupported scheme"),
+    ("tune", ["--storage-path", "s3://"], "s3://: no bucket"),
+    ("tune", ["--storage-path", "s3://bucket/runs?region=eu-west-1"], "s3://bucket/runs?region=eu-west-1: no query"),
+    ("tune", ["--storage-path", "s3://no-such-bucket/runs"], "bucket 'no-such-bucket' does not exist"),
+    ("report", ["s3://no-such-bucket/runs/x"], "bucket 'no-such-bucket' does not exist"),
     ("report", ["{S}/missing"], "{S}/missing"),
     ("report", ["{S}"], "not a run directory"),
     ("report", ["{RUN}"], "{RUN}/summary.json"),
@@ -60,15 +65,16 @@ def snapshot(d: Path) -> dict:
 
 @pytest.mark.parametrize("script, args, expected", CATALOGUE,
                          ids=[f"{c[0]}:{' '.join(c[1])}" for c in CATALOGUE])
-def test_bad_input(storage, script, args, expected):
+def test_bad_input(storage, s3_server, script, args, expected):
     run = storage / "run"
     fill = lambda text: text.replace("{S}", str(storage)).replace("{RUN}", str(run))
     argv = [fill(a) for a in args]
     if script == "tune":
         argv = ["--preset", "smoke", "--storage-path", str(storage), *argv]
     before = snapshot(storage)
+    # s3:// URIs go to the local S3 server (an empty one: no bucket exists), never to the internet
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / f"{script}.py"), *argv], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, env={**os.environ, **s3_server.env})
     assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr[-2000:]
