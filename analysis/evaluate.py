@@ -8,9 +8,11 @@
 
 The OOF predictions are the ones the fold workers recorded after their last epoch (oof_fold_<k>.npz),
 so the report's OOF accuracy is exactly the number the search ranked by; when those files are absent
-they are recomputed from the checkpoints. Inference is batched on the GPU when there is one; with
-several GPUs the fold models are spread over them and run in parallel threads (CUDA kernels release
-the GIL).
+they are recomputed from the checkpoints. Each fold model is evaluated as its fold worker validated
+it: with the trial's `tta_flip` (stored in the fold's checkpoint) its probabilities are the mean over
+each image and its horizontal mirror, for the test set as for recomputed OOF predictions. Inference is
+batched on the GPU when there is one; with several GPUs the fold models are spread over them and run in
+parallel threads (CUDA kernels release the GIL).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 
 from distributed import data as fm
-from distributed.config import ConfigError, ModelConfig
+from distributed.config import ConfigError, ModelConfig, TrainConfig
 from distributed.folds import make_folds, split_fingerprint
 from distributed.model import make_model
 from distributed.train import predict
@@ -56,6 +58,7 @@ class Evaluation:
     test_probs_folds: np.ndarray  # (K, 10000, 10): each fold model's softmax
     embeddings: np.ndarray     # (10000, fc_width), fold 0's penultimate layer
     devices: list[str]         # the device each fold model ran on
+    tta_flip: bool = False     # probabilities are the mean over each image and its mirror (the trial's setting)
 
     @property
     def oof_pred(self) -> np.ndarray:
@@ -121,14 +124,17 @@ def inference_devices(folds: int, num_gpus: int | None, available: int) -> list[
     return [f"cuda:{k % num_gpus}" for k in range(folds)]
 
 
-def load_fold_model(path: Path, device: str, fold: int, epochs: int) -> torch.nn.Module:
+def load_fold_model(path: Path, device: str, fold: int, epochs: int) -> tuple[torch.nn.Module, TrainConfig]:
+    """The fold's model in eval mode and the TrainConfig its worker trained and validated it with."""
     state = torch.load(path, map_location=device, weights_only=False)
     if state["fold"] != fold or state["epoch"] != epochs:
         raise ConfigError(f"{path}: holds fold {state['fold']} at epoch {state['epoch']}, "
                           f"expected fold {fold} at epoch {epochs}")
     model = make_model(ModelConfig(**state["model_config"]), device)
     model.load_state_dict(state["model"])
-    return model.eval()
+    # A checkpoint written before a TrainConfig field existed gets that field's default (tta_flip: off,
+    # which is how such a fold was validated).
+    return model.eval(), TrainConfig(**state["train_config"])
 
 
 def read_recorded_oof(ckpt: Path, data: RunData) -> dict | None:
@@ -148,9 +154,9 @@ def read_recorded_oof(ckpt: Path, data: RunData) -> dict | None:
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
-def _predict_np(model, x_u8: np.ndarray, batch_size: int, embed: bool = False) -> dict:
+def _predict_np(model, x_u8: np.ndarray, batch_size: int, embed: bool = False, tta_flip: bool = False) -> dict:
     # torch.tensor copies: the dataset's arrays are read-only views of the decoded files.
-    out = predict(model, torch.tensor(x_u8), batch_size=batch_size, embed=embed)
+    out = predict(model, torch.tensor(x_u8), batch_size=batch_size, embed=embed, tta_flip=tta_flip)
     return {k: v.float().cpu().numpy() for k, v in out.items()}
 
 
@@ -159,12 +165,17 @@ def evaluate_best(run: Run, data: RunData, devices: list[str], batch_size: int =
     """Load the best trial's fold models and produce the OOF, test and embedding arrays."""
     files, ckpt = check_inputs(run), checkpoint_dir(run)
     epochs = int(run.summary["max_epochs"])
-    models = [load_fold_model(f, devices[k], k, epochs) for k, f in enumerate(files)]
+    models, train_cfgs = zip(*[load_fold_model(f, devices[k], k, epochs) for k, f in enumerate(files)])
+    tta = [c.tta_flip for c in train_cfgs]
+    if len(set(tta)) > 1:
+        raise ConfigError(f"best trial {run.best_trial_id}: its fold checkpoints disagree on tta_flip ({tta}); "
+                          f"the run directory is inconsistent")
+    tta_flip = tta[0]
     ds = data.dataset
 
     def test_pass(k: int) -> dict:
         t0 = time.perf_counter()
-        out = _predict_np(models[k], ds.test_x, batch_size, embed=(k == 0))
+        out = _predict_np(models[k], ds.test_x, batch_size, embed=(k == 0), tta_flip=tta_flip)
         log(f"test inference: fold {k + 1}/{len(models)} on {devices[k]}, {len(ds.test_x)} images "
             f"in {time.perf_counter() - t0:.1f} s")
         return out
@@ -180,7 +191,7 @@ def evaluate_best(run: Run, data: RunData, devices: list[str], batch_size: int =
         for k, model in enumerate(models):
             idx = data.held_out(k)
             parts.append({"index": idx, "fold": np.full(len(idx), k), "true": ds.train_y[idx],
-                          "probs": _predict_np(model, ds.train_x[idx], batch_size)["probs"]})
+                          "probs": _predict_np(model, ds.train_x[idx], batch_size, tta_flip=tta_flip)["probs"]})
             log(f"out-of-fold inference: fold {k + 1}/{len(models)}, {len(idx)} images")
         oof = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     order = np.argsort(oof["index"], kind="stable")
@@ -188,4 +199,4 @@ def evaluate_best(run: Run, data: RunData, devices: list[str], batch_size: int =
         oof_index=oof["index"][order], oof_fold=oof["fold"][order], oof_true=oof["true"][order],
         oof_probs=oof["probs"][order].astype(np.float32), oof_source=source,
         test_true=ds.test_y, test_probs_folds=np.stack([t["probs"] for t in test]),
-        embeddings=test[0]["embeddings"], devices=devices)
+        embeddings=test[0]["embeddings"], devices=devices, tta_flip=tta_flip)

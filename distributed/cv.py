@@ -93,7 +93,7 @@ def fold_worker(loop_config: dict) -> None:
     for epoch in range(start_epoch + 1, train_cfg.epochs + 1):
         _maybe_inject_fault(fold, epoch)
         tr = train_one_epoch(model, optimizer, scheduler, x_tr, y_tr, train_cfg)
-        ev = evaluate(model, x_val, y_val, train_cfg.eval_batch_size)
+        ev = evaluate(model, x_val, y_val, train_cfg.eval_batch_size, tta_flip=train_cfg.tta_flip)
         metrics = {"fold": fold, "epoch": epoch, **node, "lr": tr["lr"],
                    "seconds": tr["seconds"] + ev["seconds"],
                    "train_loss": tr["loss"], "train_acc": tr["acc"], "train_f1": tr["f1"],

@@ -113,8 +113,12 @@ def train_one_epoch(model, optimizer, scheduler, x_u8: torch.Tensor, y: torch.Te
 
 
 @torch.no_grad()
-def predict(model, x_u8: torch.Tensor, batch_size: int = 1024, embed: bool = False) -> dict:
-    """Softmax probabilities (N, 10) (and penultimate embeddings if embed) for uint8 images, in eval mode."""
+def predict(model, x_u8: torch.Tensor, batch_size: int = 1024, embed: bool = False, tta_flip: bool = False) -> dict:
+    """Softmax probabilities (N, 10) (and penultimate embeddings if embed) for uint8 images, in eval mode.
+
+    tta_flip: the probabilities are the mean of the softmax of each image and of its horizontal mirror
+    (training flips images too, so the model has seen both); the embeddings stay those of the image.
+    """
     model.eval()
     device = next(model.parameters()).device
     probs, embs = [], []
@@ -123,7 +127,9 @@ def predict(model, x_u8: torch.Tensor, batch_size: int = 1024, embed: bool = Fal
         with autocast(device):
             e = model.embed(xb)
             logits = model.classifier(e)
-        probs.append(logits.float().softmax(1))
+            mirrored = model(xb.flip(-1)) if tta_flip else None
+        p = logits.float().softmax(1)
+        probs.append(p if mirrored is None else (p + mirrored.float().softmax(1)) / 2)
         if embed:
             embs.append(e.float())
     out = {"probs": torch.cat(probs)}
@@ -132,10 +138,11 @@ def predict(model, x_u8: torch.Tensor, batch_size: int = 1024, embed: bool = Fal
     return out
 
 
-def evaluate(model, x_u8: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> dict:
-    """Loss, accuracy and macro-F1 on un-augmented images; also returns probs for out-of-fold predictions."""
+def evaluate(model, x_u8: torch.Tensor, y: torch.Tensor, batch_size: int = 1024, tta_flip: bool = False) -> dict:
+    """Loss, accuracy and macro-F1 on un-augmented images (with tta_flip: the mean of the softmax of each
+    image and its mirror, see predict); also returns probs for out-of-fold predictions."""
     t0 = time.perf_counter()
-    probs = predict(model, x_u8, batch_size)["probs"]
+    probs = predict(model, x_u8, batch_size, tta_flip=tta_flip)["probs"]
     y = y.to(probs.device)
     pred = probs.argmax(1)
     loss = F.nll_loss(probs.clamp_min(1e-12).log(), y)

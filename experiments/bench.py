@@ -8,8 +8,8 @@ The six figures of issue 6, each against a baseline run in the same process:
               the measured peak of a large matmul (float32 on CPU, bf16 on GPU).
   search      a real quick-preset search with ASHA and the same search (same Optuna seed and trial count)
               with FIFO: the share of the wall time the folds spend computing, and epochs / best accuracy.
-  accuracy    one model trained on all 60,000 images with distributed.train: seconds to 93% test accuracy,
-              and the best test accuracy within 15 minutes.
+  accuracy    one model trained on all 60,000 images with distributed.train: seconds to 93% test accuracy
+              (flip TTA, as the recipe says), and the best test accuracy within 15 minutes.
   ensemble    the full preset's 5-fold ensemble: measured here only as an estimate of its training time.
 
     python experiments/bench.py                          # everything, into bench.json (about an hour on 2 cores)
@@ -60,11 +60,12 @@ TARGET_ACC = 0.93
 BUDGET_S = 15 * 60  # "best test accuracy within 15 minutes"
 
 # The time-to-93% recipe: one model on all 60k images, fp32 on the CPU, the project's train_one_epoch.
-# Settled by the runs in BENCHMARKS.md: a 2-conv CNN (825k params) reaches 93% in epoch 12 of a 15-epoch
-# one-cycle schedule. The 15-minute run trains the seed-sized CNN (94.1% after 8 epochs there) for as
-# many epochs as its measured speed fits into the budget.
+# Settled by the runs in BENCHMARKS.md section 5: a 2-conv CNN (825k params) on a 9-epoch one-cycle
+# schedule, evaluated with flip TTA, passes 93% in epoch 8 (a 15-epoch schedule only did in epoch 12:
+# its learning rate was still high at the 300 s mark). The 15-minute run trains the seed-sized CNN for
+# as many epochs as its measured speed fits into the budget, with the same schedule shape and TTA.
 RECIPE_MODEL = ModelConfig(width=32, depth=2, convs_per_block=1, fc_width=256, dropout=0.3)
-RECIPE_TRAIN = TrainConfig(epochs=15, lr=3e-3, batch_size=128, label_smoothing=0.1)
+RECIPE_TRAIN = TrainConfig(epochs=9, lr=3e-3, batch_size=128, label_smoothing=0.1, tta_flip=True)
 LONG_MODEL = replace(SEED_MODEL, dropout=0.3)
 
 
@@ -91,6 +92,16 @@ def versions() -> dict:
 
 def load_avg() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
+
+
+def priority() -> dict:
+    """This process's nice value and Linux autogroup: with autogroups (sched_autogroup_enabled) nice
+    orders processes only within one session, so a niced job in another session is not out of the way."""
+    try:
+        autogroup = Path("/proc/self/autogroup").read_text().strip()
+    except OSError:
+        autogroup = None
+    return {"nice": os.nice(0), "autogroup": autogroup}
 
 
 def summarise(values: list[float]) -> dict:
@@ -308,7 +319,9 @@ def train_to_accuracy(data, model_cfg: ModelConfig, train_cfg: TrainConfig, devi
     """One model on the training images with the project's loop; the test accuracy after every epoch.
 
     The clock counts training only (train_one_epoch's seconds); the per-epoch test evaluations are the
-    measurement, not part of the recipe, and are timed separately.
+    measurement, not part of the recipe, and are timed separately. With train_cfg.tta_flip the test
+    accuracy is that of flip test-time augmentation (as the fold workers validate); the accuracy without
+    it is recorded beside it (`test_acc_no_tta`).
     """
     torch.manual_seed(0)
     x = torch.from_numpy(data.train_x[:n_train].copy()).to(device)
@@ -321,11 +334,15 @@ def train_to_accuracy(data, model_cfg: ModelConfig, train_cfg: TrainConfig, devi
     curve = []
     for epoch in range(1, train_cfg.epochs + 1):
         train_s += train_one_epoch(model, opt, sched, x, y, train_cfg)["seconds"]
-        ev = evaluate(model, xt, yt)
+        ev = evaluate(model, xt, yt, tta_flip=train_cfg.tta_flip)
         eval_s += ev["seconds"]
-        curve.append({"epoch": epoch, "train_s": round(train_s, 2), "test_acc": ev["acc"]})
-        print(f"  epoch {epoch}/{train_cfg.epochs}: test acc {ev['acc']:.4f} after {train_s:.0f} s of training",
-              flush=True)
+        point = {"epoch": epoch, "train_s": round(train_s, 2), "test_acc": ev["acc"]}
+        if train_cfg.tta_flip:
+            point["test_acc_no_tta"] = evaluate(model, xt, yt)["acc"]
+        curve.append(point)
+        shown = "" if not train_cfg.tta_flip else f" (no TTA: {point['test_acc_no_tta']:.4f})"
+        print(f"  epoch {epoch}/{train_cfg.epochs}: test acc {ev['acc']:.4f}{shown} after {train_s:.0f} s of "
+              f"training", flush=True)
     reached = next((c["train_s"] for c in curve if c["test_acc"] >= TARGET_ACC), None)
     within = [c["test_acc"] for c in curve if c["train_s"] <= BUDGET_S]
     return {"model": model_cfg.__dict__, "train": train_cfg.__dict__, "n_train": len(x), "n_test": len(xt),
@@ -418,7 +435,7 @@ GOALS = (
      lambda v: v <= 0.15),
     ("asha_epoch_ratio", "epochs FIFO / epochs ASHA, same seed and trials", ">= 3", lambda v: v >= 3),
     ("asha_acc_gap", "best fold-mean accuracy FIFO minus ASHA", "<= 0.005", lambda v: v <= 0.005),
-    ("time_to_93_s", "training seconds to 93% test accuracy, one model, 60k images", "<= 300",
+    ("time_to_93_s", "training seconds to 93% test accuracy (flip TTA), one model, 60k images", "<= 300",
      lambda v: v <= 300),
     ("best_test_acc_15min", "best test accuracy within 15 minutes of training", "", None),
     ("full_ensemble_test_acc", "test accuracy of the full preset's best 5-fold ensemble", ">= 0.945",
@@ -513,7 +530,7 @@ def main(argv=None) -> int:
         notes["details"][group] = details
         notes["runs"][group] = {"command": "python experiments/bench.py " + " ".join(argv or sys.argv[1:]),
                                 "started": started, "load_avg_before": load_before, "load_avg_after": load_avg(),
-                                "quick": args.quick}
+                                "quick": args.quick, "priority": priority()}
     if device.type == "cpu":
         notes["gpu"] = "no GPU on this machine: the GPU goals (>= 5x the seed pipeline, bf16 MFU) are not measured"
     out.update(machine=machine(), versions=versions(), repeats=repeats, notes=notes)

@@ -106,3 +106,22 @@ def test_the_markdown_table_shows_each_figure_against_its_goal(tmp_path):
     assert rows["throughput_img_s"] == ["900", "(reported)", " |"]
     assert rows["full_ensemble_test_acc"] == ["null: not trained here", ">= 0.945", "not measured |"]
     assert "Machine: EPYC, 2 cores, GPU: none" in text
+
+
+@pytest.mark.parametrize("tta_flip", [False, True])
+def test_train_to_accuracy_records_the_test_curve(fmnist, tta_flip):
+    cfg = bench.TrainConfig(epochs=2, batch_size=64, lr=3e-3, tta_flip=tta_flip)
+    model = bench.ModelConfig(width=8, depth=2, convs_per_block=1, fc_width=32)
+    run = bench.train_to_accuracy(fmnist, model, cfg, bench.torch.device("cpu"), n_train=640, n_test=300)
+    assert (run["n_train"], run["n_test"], run["train"]["tta_flip"]) == (640, 300, tta_flip)
+    curve = run["curve"]
+    assert [c["epoch"] for c in curve] == [1, 2]
+    assert 0 < curve[0]["train_s"] < curve[1]["train_s"] == pytest.approx(run["train_s"], abs=0.01)
+    assert all(0 <= c["test_acc"] <= 1 for c in curve)
+    assert all(("test_acc_no_tta" in c) == tta_flip for c in curve)
+    assert run["best_within_budget"] == max(c["test_acc"] for c in curve)  # 2 epochs: well within 15 minutes
+    assert run["time_to_target_s"] is None and max(c["test_acc"] for c in curve) < bench.TARGET_ACC
+
+
+def test_the_time_to_accuracy_recipe_uses_flip_tta():
+    assert bench.RECIPE_TRAIN.tta_flip is True and bench.RECIPE_TRAIN.label_smoothing == 0.1

@@ -63,3 +63,15 @@ def test_apply_hparams_routes_fields():
     assert (model.width, model.dropout, train.lr, train.erase_p) == (64, 0.1, 0.004, 0.3)
     with pytest.raises(KeyError, match="momentum"):
         apply_hparams(PRESETS["quick"], {"momentum": 0.9})
+
+
+def test_flip_tta_is_a_train_field_off_for_smoke_and_on_for_quick():
+    assert PRESETS["smoke"].train.tta_flip is False and ExperimentConfig().train.tta_flip is False
+    assert PRESETS["quick"].train.tta_flip is True
+    assert leaf_fields()["tta_flip"][0] == "train"
+    cfg = override(PRESETS["smoke"], tta_flip=True)
+    assert cfg.train.tta_flip is True and from_dict(to_dict(cfg)) == cfg
+    # a config.json written before the field existed (a resumed run) loads with TTA off
+    d = to_dict(PRESETS["smoke"])
+    del d["train"]["tta_flip"]
+    assert from_dict(d).train.tta_flip is False
