@@ -6,19 +6,21 @@ The six figures of issue 6, each against a baseline run in the same process:
               seed's torchvision Dataset + per-image PIL transforms + DataLoader; the variants are interleaved
               and repeated, and min/median are kept. MFU: model FLOPs (FlopCounterMode) x images/s over
               the measured peak of a large matmul (float32 on CPU, bf16 on GPU).
-  search      a real quick-preset search with ASHA and the same search (same Optuna seed and trial count)
-              with FIFO: the share of the wall time the folds spend computing, and epochs / best accuracy.
+  search      a real quick-preset search (ASHA): the share of its wall time the folds spend computing.
+  hpo         the same search twice, ASHA and FIFO (same Optuna seed and trial count), at a budget where
+              successive halving has rungs to work with (HPO_ARGS): epochs consumed and best accuracy.
   accuracy    one model trained on all 60,000 images with distributed.train: seconds to 93% test accuracy
               (flip TTA, as the recipe says), and the best test accuracy within 15 minutes.
-  ensemble    the full preset's 5-fold ensemble: measured here only as an estimate of its training time.
+  ensemble    the full preset's 5-fold ensemble: read from a finished full-preset run and its report
+              (--ensemble-run RUN_DIR); without one, only an estimate of its training time.
 
     python experiments/bench.py                          # everything, into bench.json (about an hour on 2 cores)
     python experiments/bench.py --quick --out /tmp/b.json  # reduced sizes, a few minutes: checks the plumbing
     python experiments/bench.py --only throughput        # re-measure some groups, keep the others in --out
+    python experiments/bench.py --only ensemble --ensemble-run results/full   # figure 6 from a full run
 """
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import math
@@ -41,14 +43,16 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from distributed.augment import to_input  # noqa: E402
-from distributed.config import PRESETS, DataConfig, ModelConfig, TrainConfig  # noqa: E402
+from distributed.cli import ArgumentParser  # noqa: E402
+from distributed.config import PRESETS, ConfigError, DataConfig, ModelConfig, TrainConfig  # noqa: E402
 from distributed.data import load  # noqa: E402
 from distributed.model import make_model, num_params  # noqa: E402
 from distributed.train import autocast, evaluate, make_optimizer, steps_per_epoch, train_one_epoch  # noqa: E402
 
 GROUPS = {
     "throughput": ("throughput_img_s", "throughput_vs_compute_only", "throughput_vs_seed_pipeline", "mfu"),
-    "search": ("overhead_fraction", "asha_epoch_ratio", "asha_acc_gap"),
+    "search": ("overhead_fraction",),
+    "hpo": ("asha_epoch_ratio", "asha_acc_gap"),
     "accuracy": ("time_to_93_s", "best_test_acc_15min"),
     "ensemble": ("full_ensemble_test_acc",),
 }
@@ -67,6 +71,11 @@ BUDGET_S = 15 * 60  # "best test accuracy within 15 minutes"
 RECIPE_MODEL = ModelConfig(width=32, depth=2, convs_per_block=1, fc_width=256, dropout=0.3)
 RECIPE_TRAIN = TrainConfig(epochs=9, lr=3e-3, batch_size=128, label_smoothing=0.1, tta_flip=True)
 LONG_MODEL = replace(SEED_MODEL, dropout=0.3)
+
+# Figure 4's searches: the quick preset's model and data with 18 trials of 9 epochs, so that ASHA (grace 1,
+# reduction factor 3) has rungs at epochs 1 and 3 below max_t and trials beyond Optuna's 10 random start-up
+# ones (the quick preset's own 6 x 5 leaves it one rung and a ceiling of ~2.6x; BENCHMARKS.md section 4).
+HPO_ARGS = ("--preset", "quick", "--num-samples", "18", "--epochs", "9")
 
 
 # ---------------------------------------------------------------- machine, versions, small helpers
@@ -281,19 +290,17 @@ def load_script(name: str):
     return module
 
 
-def bench_search(quick: bool, search_args: list[str]) -> tuple[dict, dict, dict]:
+def run_searches(base: list[str], schedulers: tuple[str, ...]) -> dict:
+    """Run tune.py once per scheduler on a private Ray instance, in a temporary storage path; per run, the
+    overhead_from_run breakdown, the command and the load average after."""
     import ray
     tune = load_script("tune")
-    t0 = time.perf_counter()
     if not ray.is_initialized():  # a private instance: see distributed.tuner.init_ray
         from distributed.tuner import init_ray
         init_ray(None, log_to_driver=False, configure_logging=False)
-    details = {"ray_init_s": time.perf_counter() - t0}
-    base = (["--preset", "smoke", "--num-samples", "2", "--folds", "2", "--epochs", "2", "--limit-train", "200"]
-            if quick else ["--preset", "quick"]) + ["--search-seed", "0"] + search_args
     runs = {}
     with tempfile.TemporaryDirectory() as storage:
-        for scheduler in ("asha", "fifo"):
+        for scheduler in schedulers:
             args = base + ["--scheduler", scheduler, "--name", scheduler, "--storage-path", storage]
             t0 = time.perf_counter()
             code = tune.main(args)
@@ -302,14 +309,29 @@ def bench_search(quick: bool, search_args: list[str]) -> tuple[dict, dict, dict]
             runs[scheduler] = overhead_from_run(Path(storage) / scheduler)
             runs[scheduler].update(command="python experiments/tune.py " + " ".join(args[:-2]),
                                    main_call_s=time.perf_counter() - t0, load_avg_after=load_avg())
-    details.update(runs)
+    return runs
+
+
+SMOKE_SEARCH = ["--preset", "smoke", "--num-samples", "2", "--folds", "2", "--epochs", "2", "--limit-train", "200"]
+
+
+def bench_search(quick: bool, search_args: list[str]) -> tuple[dict, dict, dict]:
+    """Figure 3: where the quick preset's search (ASHA) spends its wall time."""
+    base = (SMOKE_SEARCH if quick else ["--preset", "quick"]) + ["--search-seed", "0"] + search_args
+    runs = run_searches(base, ("asha",))
+    return {"overhead_fraction": runs["asha"]["overhead_fraction"]}, runs, {}
+
+
+def bench_hpo(quick: bool, hpo_args: list[str]) -> tuple[dict, dict, dict]:
+    """Figure 4: the same search with ASHA and with FIFO (every trial to max_t): epochs and best accuracy."""
+    base = (SMOKE_SEARCH if quick else list(HPO_ARGS)) + ["--search-seed", "0"] + hpo_args
+    runs = run_searches(base, ("asha", "fifo"))
     asha, fifo = runs["asha"], runs["fifo"]
     gap = (None if asha["best_val_acc_mean"] is None or fifo["best_val_acc_mean"] is None
            else fifo["best_val_acc_mean"] - asha["best_val_acc_mean"])
-    figures = {"overhead_fraction": asha["overhead_fraction"],
-               "asha_epoch_ratio": fifo["epochs_run_total"] / asha["epochs_run_total"], "asha_acc_gap": gap}
+    figures = {"asha_epoch_ratio": fifo["epochs_run_total"] / asha["epochs_run_total"], "asha_acc_gap": gap}
     reasons = {} if gap is not None else {"asha_acc_gap": "a search finished no trial at max_t: no best accuracy"}
-    return figures, details, reasons
+    return figures, runs, reasons
 
 
 # ---------------------------------------------------------------- figure 5: time to accuracy
@@ -381,8 +403,56 @@ def bench_accuracy(data, device, quick: bool) -> tuple[dict, dict, dict]:
 
 # ---------------------------------------------------------------- figure 6: the full preset's ensemble
 
-def bench_ensemble(data, device, quick: bool) -> tuple[dict, dict, dict]:
-    """The full preset's 5-fold ensemble is measured here as its estimated training time only."""
+def tune_command(cfg) -> str:
+    """The tune.py command line that reproduces `cfg`: its preset and name, and a flag for every leaf field
+    that differs from the preset."""
+    from distributed.config import leaf_fields
+    preset, empty = PRESETS[cfg.preset], '""'  # an empty --space: nothing sampled
+    parts = ["python experiments/tune.py", f"--preset {cfg.preset}", f"--name {cfg.name}"]
+    for name, (section, _) in leaf_fields().items():
+        value, default = getattr(getattr(cfg, section), name), getattr(getattr(preset, section), name)
+        if value != default:
+            shown = ",".join(value) if isinstance(value, tuple) else str(value)
+            parts.append(f"--{name.replace('_', '-')} {shown or empty}")
+    return " ".join(parts)
+
+
+def check_ensemble_run(run_dir: Path) -> None:
+    """Refuse (ConfigError, before any work) a run that cannot give figure 6: not this tool's, not the full
+    preset, or without its report's metrics.json."""
+    from distributed.config import ConfigError, load
+    if not (run_dir / "config.json").exists() or not (run_dir / "summary.json").exists():
+        raise ConfigError(f"--ensemble-run {run_dir}: not a finished run directory (no config.json/summary.json)")
+    cfg = load(run_dir / "config.json")
+    if cfg.preset != "full":
+        raise ConfigError(f"--ensemble-run {run_dir}: a run of the {cfg.preset} preset; figure 6 is the full "
+                          f"preset's ensemble")
+    if not (run_dir / "report" / "metrics.json").exists():
+        raise ConfigError(f"--ensemble-run {run_dir}: no report/metrics.json; run "
+                          f"python experiments/report.py {run_dir} first")
+
+
+def ensemble_from_run(run_dir: Path) -> tuple[dict, dict, dict]:
+    """Figure 6 from a finished full-preset run: its report's test accuracy of the best trial's K-fold
+    ensemble (the mean of the fold models' probabilities on the 10,000 test images)."""
+    from distributed.config import load
+    check_ensemble_run(run_dir)
+    cfg = load(run_dir / "config.json")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
+    details = {"run_dir": str(run_dir.resolve()), "command": tune_command(cfg),
+               "folds": cfg.cv.folds, "n_train": summary["n_train"], "epochs": cfg.train.epochs,
+               "model": cfg.model.__dict__, "train": cfg.train.__dict__, "best_trial_id": summary["best_trial_id"],
+               "best_config": summary["best_config"], "search_wall_s": summary["wall_s"],
+               "cv_val_acc_mean": (summary["best_cv"] or {}).get("val_acc_mean"),
+               "test_acc": metrics["test_acc"], "test_macro_f1": metrics["test_macro_f1"],
+               "test_acc_per_fold": metrics["test_acc_per_fold"], "oof_val_acc": metrics["oof_val_acc"]}
+    return {"full_ensemble_test_acc": metrics["test_acc"]}, details, {}
+
+
+def bench_ensemble(data, device, quick: bool, run_dir: Path | None) -> tuple[dict, dict, dict]:
+    """Figure 6 from `run_dir` (a finished full-preset run and its report) when given; either way, the
+    estimated training time of one trial of the full preset as it stands (30 epochs, width 64, 3 blocks)."""
     full = PRESETS["full"]
     n = 256 if quick else 2048
     x_u8 = torch.from_numpy(data.train_x[:n].copy()).to(device)
@@ -394,12 +464,15 @@ def bench_ensemble(data, device, quick: bool) -> tuple[dict, dict, dict]:
     img_s = statistics.median(fold_loop(model, opt, sched, x_u8, y, cfg) for _ in range(2))
     per_fold = len(data.train_x) * (full.cv.folds - 1) // full.cv.folds
     hours = full.cv.folds * full.train.epochs * per_fold / img_s / 3600
-    details = {"model": full.model.__dict__, "params": num_params(model), "img_s": img_s,
-               "estimated_hours_one_trial": hours}
-    reason = (f"not trained here: one 5-fold trial of the full preset ({full.model.__dict__}, "
-              f"{full.train.epochs} epochs, {per_fold} images per fold) trains at {img_s:.0f} img/s on this "
-              f"machine, an estimated {hours:.1f} h for one configuration, before any search")
-    return {"full_ensemble_test_acc": None}, details, {"full_ensemble_test_acc": reason}
+    estimate = {"model": full.model.__dict__, "params": num_params(model), "img_s": img_s,
+                "estimated_hours_one_trial": hours}
+    if run_dir is not None:
+        figures, details, reasons = ensemble_from_run(run_dir)
+        return figures, {**details, "full_preset_estimate": estimate}, reasons
+    reason = (f"no full-preset run given (--ensemble-run): one 5-fold trial of the full preset "
+              f"({full.model.__dict__}, {full.train.epochs} epochs, {per_fold} images per fold) trains at "
+              f"{img_s:.0f} img/s on this machine, an estimated {hours:.1f} h for one configuration")
+    return {"full_ensemble_test_acc": None}, estimate, {"full_ensemble_test_acc": reason}
 
 
 # ---------------------------------------------------------------- wiring
@@ -476,7 +549,7 @@ def write_markdown_table(path: Path, out: dict) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="reduced sizes (a few minutes): checks the plumbing")
     parser.add_argument("--out", default=str(ROOT / "bench.json"), help="where to write (default: bench.json)")
     parser.add_argument("--only", default=",".join(GROUPS),
@@ -490,13 +563,25 @@ def main(argv=None) -> int:
                              "except with --quick; 'none' to skip)")
     parser.add_argument("--table-only", action="store_true",
                         help="measure nothing: rewrite the --markdown table from the figures in --out")
-    parser.add_argument("--search-args", default="", help="extra tune.py flags for both searches, e.g. "
+    parser.add_argument("--search-args", default="", help="extra tune.py flags for the overhead search, e.g. "
                                                           "'--num-samples 12'")
+    parser.add_argument("--hpo-args", default="", help="extra tune.py flags for both HPO searches (after "
+                                                       f"{' '.join(HPO_ARGS)}), e.g. '--limit-train 5000'")
+    parser.add_argument("--ensemble-run", default=None, type=Path,
+                        help="a finished run of the full preset, with its report: figure 6 is its 5-fold "
+                             "ensemble's test accuracy (default: not measured, an estimate of the time only)")
     args = parser.parse_args(argv)
     groups = [g for g in args.only.split(",") if g]
     bad = [g for g in groups if g not in GROUPS]
     if bad:
         parser.error(f"--only {','.join(bad)}: choose from {', '.join(GROUPS)}")
+    if args.ensemble_run is not None:
+        if "ensemble" not in groups:
+            parser.error("--ensemble-run: add ensemble to --only")
+        try:
+            check_ensemble_run(args.ensemble_run)
+        except ConfigError as e:
+            parser.error(str(e))
     repeats = args.repeats or (2 if args.quick else 5)
     markdown = args.markdown or ("none" if args.quick else str(ROOT / "BENCHMARKS.md"))
     if args.table_only:
@@ -518,10 +603,12 @@ def main(argv=None) -> int:
             figures, details, reasons = bench_throughput(data, device, args.quick, repeats, args.seed_workers)
         elif group == "search":
             figures, details, reasons = bench_search(args.quick, args.search_args.split())
+        elif group == "hpo":
+            figures, details, reasons = bench_hpo(args.quick, args.hpo_args.split())
         elif group == "accuracy":
             figures, details, reasons = bench_accuracy(data, device, args.quick)
         else:
-            figures, details, reasons = bench_ensemble(data, device, args.quick)
+            figures, details, reasons = bench_ensemble(data, device, args.quick, args.ensemble_run)
         for key in GROUPS[group]:  # a null figure carries its reason; a measured one drops an old reason
             notes.pop(key, None)
             if figures[key] is None:

@@ -80,10 +80,13 @@ def test_quick_run_writes_a_well_formed_bench_json(ray_local, tmp_path):
             s = tp[model]["img_s"][variant]
             assert s["n"] == 2 and 0 < s["min"] <= s["median"] <= s["max"]
     assert tp["seed_model"]["params"] == 1_677_482
-    search = b["notes"]["details"]["search"]
-    assert search["fifo"]["epochs_run_total"] == 2 * 2  # FIFO: every trial to max_t
+    search, hpo = b["notes"]["details"]["search"], b["notes"]["details"]["hpo"]
+    assert set(search) == {"asha"} and set(hpo) == {"asha", "fifo"}
     assert 0 < search["asha"]["compute_s"] < search["asha"]["wall_s"]
-    assert set(b["notes"]["runs"]) == {"throughput", "search", "accuracy", "ensemble"}
+    assert hpo["fifo"]["epochs_run_total"] == 2 * 2  # FIFO: every trial to max_t
+    assert b["asha_epoch_ratio"] == pytest.approx(4 / hpo["asha"]["epochs_run_total"])
+    assert set(b["notes"]["runs"]) == {"throughput", "search", "hpo", "accuracy", "ensemble"}
+    assert b["full_ensemble_test_acc"] is None and "--ensemble-run" in b["notes"]["full_ensemble_test_acc"]
 
 
 def test_the_markdown_table_shows_each_figure_against_its_goal(tmp_path):
@@ -125,3 +128,61 @@ def test_train_to_accuracy_records_the_test_curve(fmnist, tta_flip):
 
 def test_the_time_to_accuracy_recipe_uses_flip_tta():
     assert bench.RECIPE_TRAIN.tta_flip is True and bench.RECIPE_TRAIN.label_smoothing == 0.1
+
+
+def test_tune_command_names_every_field_that_differs_from_the_preset():
+    cfg = bench_config().override(bench.PRESETS["full"], name="e10", width=32, depth=2, epochs=10, lr=0.003,
+                                  space=(), num_samples=1)
+    assert bench.tune_command(cfg) == ('python experiments/tune.py --preset full --name e10 --width 32 --depth 2 '
+                                       '--epochs 10 --lr 0.003 --num-samples 1 --space ""')
+    assert bench.tune_command(bench.PRESETS["quick"]) == "python experiments/tune.py --preset quick --name quick"
+
+
+def bench_config():
+    import distributed.config
+    return distributed.config
+
+
+def make_full_run(run_dir, preset="full", report=True):
+    """A finished run directory as tune.py and report.py leave it, reduced to what figure 6 reads."""
+    config = bench_config()
+    cfg = config.override(config.PRESETS[preset], name=run_dir.name, width=32, depth=2, epochs=10)
+    run_dir.mkdir(parents=True)
+    config.save(cfg, run_dir / "config.json")
+    (run_dir / "summary.json").write_text(json.dumps(
+        {"n_train": 60000, "best_trial_id": "t1", "best_config": {}, "wall_s": 4200.0,
+         "best_cv": {"val_acc_mean": 0.9321}}))
+    if report:
+        (run_dir / "report").mkdir()
+        (run_dir / "report" / "metrics.json").write_text(json.dumps(
+            {"test_acc": 0.9468, "test_macro_f1": 0.9467, "test_acc_per_fold": [0.941, 0.94, 0.939, 0.942, 0.94],
+             "oof_val_acc": 0.9322}))
+    return run_dir
+
+
+def test_figure_6_is_the_reports_ensemble_test_accuracy(tmp_path):
+    run = make_full_run(tmp_path / "full-e10")
+    figures, details, reasons = bench.ensemble_from_run(run)
+    assert figures == {"full_ensemble_test_acc": 0.9468} and reasons == {}
+    assert details["command"] == "python experiments/tune.py --preset full --name full-e10 --width 32 --depth 2 --epochs 10"
+    assert (details["folds"], details["n_train"], details["epochs"]) == (5, 60000, 10)
+    assert details["test_acc_per_fold"] == [0.941, 0.94, 0.939, 0.942, 0.94] and details["oof_val_acc"] == 0.9322
+    assert details["model"]["width"] == 32 and details["train"]["tta_flip"] is True
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: make_full_run(d, preset="quick"), "a run of the quick preset; figure 6 is the full preset's ensemble"),
+    (lambda d: make_full_run(d, report=False), "no report/metrics.json; run python experiments/report.py"),
+    (lambda d: d.mkdir(), "not a finished run directory (no config.json/summary.json)"),
+])
+def test_bench_refuses_a_run_that_cannot_give_figure_6(tmp_path, capsys, make, message):
+    run = tmp_path / "run"
+    make(run)
+    before = sorted(str(p) for p in run.rglob("*"))
+    out = tmp_path / "bench.json"
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--only", "ensemble", "--ensemble-run", str(run), "--out", str(out)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"bench.py: error: --ensemble-run {run}: ") and message in err
+    assert not out.exists() and sorted(str(p) for p in run.rglob("*")) == before

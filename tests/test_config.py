@@ -65,9 +65,9 @@ def test_apply_hparams_routes_fields():
         apply_hparams(PRESETS["quick"], {"momentum": 0.9})
 
 
-def test_flip_tta_is_a_train_field_off_for_smoke_and_on_for_quick():
+def test_flip_tta_is_a_train_field_off_for_smoke_and_on_for_quick_and_full():
     assert PRESETS["smoke"].train.tta_flip is False and ExperimentConfig().train.tta_flip is False
-    assert PRESETS["quick"].train.tta_flip is True
+    assert PRESETS["quick"].train.tta_flip is True and PRESETS["full"].train.tta_flip is True
     assert leaf_fields()["tta_flip"][0] == "train"
     cfg = override(PRESETS["smoke"], tta_flip=True)
     assert cfg.train.tta_flip is True and from_dict(to_dict(cfg)) == cfg
