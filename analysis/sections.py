@@ -69,9 +69,13 @@ def metrics_json(run: Run, ev: Evaluation, scores: dict, clip: dict | None) -> d
         "oof_per_class": metrics.per_class_dict(oof["per_class"]),
         "n_test": test["n"], "n_oof": oof["n"], "oof_source": ev.oof_source,
         "confusion_test": test["confusion"].tolist(), "confusion_oof": oof["confusion"].tolist(),
-        "inference_devices": ev.devices,
+        "inference_devices": ev.devices, "tta_flip": ev.tta_flip,
         "clip": clip,
     }
+
+
+TTA_NOTE = (" Every model scores an image by the mean of the softmax of the image and its mirror (flip "
+            "test-time augmentation, the trial's <code>tta_flip</code>), as its fold worker validated it.")
 
 
 def _kv_table(pairs: list[tuple[str, object]]) -> str:
@@ -107,7 +111,7 @@ def headline(run: Run, ev: Evaluation, scores: dict) -> Section:
     sec.text(f"<p>The ensemble row's validation figure is the out-of-fold accuracy: every one of the "
              f"{oof['n']:,} training images predicted by the fold model that held it out "
              f"({esc(ev.oof_source)} predictions). The test accuracy is on the 10,000 test images, which no "
-             f"model or search decision saw.</p>")
+             f"model or search decision saw.{TTA_NOTE if ev.tta_flip else ''}</p>")
 
     searched = set(run.searched)
     config = pd.DataFrame([(k_, format_value(k_, v), "searched" if k_ in searched else "fixed")

@@ -83,7 +83,7 @@ def test_metrics_follow_the_contract_and_the_tables(report):
     m = json.loads((run_dir / "report" / "metrics.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
     k, n_train = summary["folds"], summary["n_train"]
-    assert CONTRACT <= set(m) and m["clip"] is None
+    assert CONTRACT <= set(m) and m["clip"] is None and m["tta_flip"] is False  # the smoke preset: no TTA
     cm_test, cm_oof = np.array(m["confusion_test"]), np.array(m["confusion_oof"])
     assert cm_test.sum() == 10_000 and cm_oof.sum() == n_train
     assert m["test_acc"] == pytest.approx(np.trace(cm_test) / cm_test.sum())

@@ -2,6 +2,7 @@
 (absent, present through analysis.clip.report_section, or failing)."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.machinery
 import json
 import sys
@@ -44,6 +45,9 @@ def test_metrics_json_numbers_come_from_the_confusion_matrices():
     assert m["test_acc_per_fold"] == pytest.approx([np.mean(p.argmax(1) == ev.test_true) for p in ev.test_probs_folds])
     assert m["oof_val_acc"] == pytest.approx(np.mean(ev.oof_probs.argmax(1) == ev.oof_true))
     assert list(m["per_class"]) == list(CLASS_NAMES) and m["clip"] is None
+    assert m["tta_flip"] is False
+    tta = dataclasses.replace(ev, tta_flip=True)
+    assert sections.metrics_json(FakeRun(), tta, sections.score(tta), None)["tta_flip"] is True
 
 
 def metrics_of(scores) -> dict:
