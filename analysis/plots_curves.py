@@ -5,6 +5,7 @@ Inputs are epochs.parquet-shaped tables (one row per trial, epoch, fold) and the
 from __future__ import annotations
 
 import math
+import textwrap
 
 import pandas as pd
 from matplotlib.lines import Line2D
@@ -71,6 +72,9 @@ def plot_fold_curves(epochs: pd.DataFrame, trial_id: str, title: str = ""):
     return fig
 
 
+TITLE_CHARS = 52  # characters per title line of a small multiple (fontsize 8 on a 4.2-inch panel)
+
+
 def plot_top_configs(epochs: pd.DataFrame, trials: pd.DataFrame, names: list[str], top: int = 6):
     """Small multiples for the top-ranked trials: train and validation accuracy, fold mean ± std, with
     the trial's hyperparameters as the title (the seed's grid of per-configuration curves)."""
@@ -87,7 +91,8 @@ def plot_top_configs(epochs: pd.DataFrame, trials: pd.DataFrame, names: list[str
             ax.fill_between(band.epoch, band.lo, band.hi, color=color, alpha=0.2, lw=0)
             ax.plot(band.epoch, band["mean"], color=color, lw=1.8, marker="o", ms=3,
                     label="train" if split == "train" else "validation")
-        label = hparam_label(row, names)
+        # wrapped at the commas: a panel is ~4 inches wide, and unwrapped titles ran into their neighbours
+        label = textwrap.fill(hparam_label(row, names), width=TITLE_CHARS, break_long_words=False)
         ax.set_title(f"#{row['rank']} {row.trial_id} ({row.status}, {row.epochs_run} ep)\n{label}", fontsize=8)
         ax.set_xlim(0.8, last_epoch + 0.2)
         ax.set_xlabel("epoch")

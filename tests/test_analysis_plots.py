@@ -13,7 +13,7 @@ from analysis import html, plots_curves, plots_eval, plots_search, search
 from analysis.embeddings import plot_umap_pair, sample_indices
 from analysis.metrics import confusion_matrix, summarize
 from analysis.style import to_png
-from analysis.tables import Run
+from analysis.tables import Run, format_value
 from distributed.config import CLASS_NAMES, PRESETS
 
 from test_analysis_tables import synthetic_epochs
@@ -109,6 +109,13 @@ def test_all_trial_curves_and_top_configs():
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
     assert titles[0] == "#1 a (completed, 3 ep)\nlr=1.00e-03, dropout=0.1"
     assert len(titles) == 3
+    # the full search space's eight values wrap at the commas instead of running into the next panel
+    names = ["lr", "weight_decay", "dropout", "batch_size", "width", "depth", "label_smoothing", "erase_p"]
+    wide = trials.assign(**{f"config_{n}": 0.123456 for n in names})
+    title = plots_curves.plot_top_configs(epochs, wide, names).axes[0].get_title()
+    lines = title.split("\n")
+    assert len(lines) >= 3 and all(len(line) <= plots_curves.TITLE_CHARS for line in lines[1:])
+    assert " ".join(lines[1:]) == ", ".join(f"{n}={format_value(n, 0.123456)}" for n in names)
 
 
 def test_search_figures():
