@@ -21,12 +21,10 @@ The six figures of issue 6, each against a baseline run in the same process:
 """
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import os
 import platform
-import shutil
 import statistics
 import struct
 import sys
@@ -44,7 +42,8 @@ import torch.nn.functional as F  # noqa: E402
 
 from distributed.augment import to_input  # noqa: E402
 from distributed.cli import ArgumentParser  # noqa: E402
-from distributed.config import PRESETS, ConfigError, DataConfig, ModelConfig, TrainConfig  # noqa: E402
+from distributed.config import (PRESETS, ConfigError, DataConfig, ExperimentConfig, ModelConfig,  # noqa: E402
+                                TrainConfig, leaf_fields, load as load_config)
 from distributed.data import load  # noqa: E402
 from distributed.model import make_model, num_params  # noqa: E402
 from distributed.train import autocast, evaluate, make_optimizer, steps_per_epoch, train_one_epoch  # noqa: E402
@@ -78,6 +77,8 @@ LONG_MODEL = replace(SEED_MODEL, dropout=0.3)
 # Optuna seed gives both searches the same 10 random start-up configurations.
 HPO_ARGS = ("--preset", "quick", "--limit-train", "5000", "--num-samples", "12", "--epochs", "16",
             "--reduction-factor", "4")
+# --quick: both search groups only check the plumbing, on a tiny smoke search
+SMOKE_SEARCH = ["--preset", "smoke", "--num-samples", "2", "--folds", "2", "--epochs", "2", "--limit-train", "200"]
 
 
 # ---------------------------------------------------------------- machine, versions, small helpers
@@ -314,9 +315,6 @@ def run_searches(base: list[str], schedulers: tuple[str, ...]) -> dict:
     return runs
 
 
-SMOKE_SEARCH = ["--preset", "smoke", "--num-samples", "2", "--folds", "2", "--epochs", "2", "--limit-train", "200"]
-
-
 def bench_search(quick: bool, search_args: list[str]) -> tuple[dict, dict, dict]:
     """Figure 3: where the quick preset's search (ASHA) spends its wall time."""
     base = (SMOKE_SEARCH if quick else ["--preset", "quick"]) + ["--search-seed", "0"] + search_args
@@ -405,10 +403,9 @@ def bench_accuracy(data, device, quick: bool) -> tuple[dict, dict, dict]:
 
 # ---------------------------------------------------------------- figure 6: the full preset's ensemble
 
-def tune_command(cfg) -> str:
+def tune_command(cfg: ExperimentConfig) -> str:
     """The tune.py command line that reproduces `cfg`: its preset and name, and a flag for every leaf field
     that differs from the preset."""
-    from distributed.config import leaf_fields
     preset, empty = PRESETS[cfg.preset], '""'  # an empty --space: nothing sampled
     parts = ["python experiments/tune.py", f"--preset {cfg.preset}", f"--name {cfg.name}"]
     for name, (section, _) in leaf_fields().items():
@@ -419,27 +416,25 @@ def tune_command(cfg) -> str:
     return " ".join(parts)
 
 
-def check_ensemble_run(run_dir: Path) -> None:
-    """Refuse (ConfigError, before any work) a run that cannot give figure 6: not this tool's, not the full
-    preset, or without its report's metrics.json."""
-    from distributed.config import ConfigError, load
+def check_ensemble_run(run_dir: Path) -> ExperimentConfig:
+    """The run's config; ConfigError (before any work) for a run that cannot give figure 6: not this tool's,
+    not the full preset, or without its report's metrics.json."""
     if not (run_dir / "config.json").exists() or not (run_dir / "summary.json").exists():
         raise ConfigError(f"--ensemble-run {run_dir}: not a finished run directory (no config.json/summary.json)")
-    cfg = load(run_dir / "config.json")
+    cfg = load_config(run_dir / "config.json")
     if cfg.preset != "full":
         raise ConfigError(f"--ensemble-run {run_dir}: a run of the {cfg.preset} preset; figure 6 is the full "
                           f"preset's ensemble")
     if not (run_dir / "report" / "metrics.json").exists():
         raise ConfigError(f"--ensemble-run {run_dir}: no report/metrics.json; run "
                           f"python experiments/report.py {run_dir} first")
+    return cfg
 
 
 def ensemble_from_run(run_dir: Path) -> tuple[dict, dict, dict]:
     """Figure 6 from a finished full-preset run: its report's test accuracy of the best trial's K-fold
     ensemble (the mean of the fold models' probabilities on the 10,000 test images)."""
-    from distributed.config import load
-    check_ensemble_run(run_dir)
-    cfg = load(run_dir / "config.json")
+    cfg = check_ensemble_run(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
     details = {"run_dir": str(run_dir.resolve()), "command": tune_command(cfg),

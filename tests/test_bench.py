@@ -6,6 +6,8 @@ import math
 import pandas as pd
 import pytest
 
+from distributed import config
+
 from conftest import load_script
 
 bench = load_script("bench")
@@ -131,21 +133,15 @@ def test_the_time_to_accuracy_recipe_uses_flip_tta():
 
 
 def test_tune_command_names_every_field_that_differs_from_the_preset():
-    cfg = bench_config().override(bench.PRESETS["full"], name="e10", width=32, depth=2, epochs=10, lr=0.003,
-                                  space=(), num_samples=1)
+    cfg = config.override(config.PRESETS["full"], name="e10", width=32, depth=2, epochs=10, lr=0.003,
+                          space=(), num_samples=1)
     assert bench.tune_command(cfg) == ('python experiments/tune.py --preset full --name e10 --width 32 --depth 2 '
                                        '--epochs 10 --lr 0.003 --num-samples 1 --space ""')
     assert bench.tune_command(bench.PRESETS["quick"]) == "python experiments/tune.py --preset quick --name quick"
 
 
-def bench_config():
-    import distributed.config
-    return distributed.config
-
-
 def make_full_run(run_dir, preset="full", report=True):
     """A finished run directory as tune.py and report.py leave it, reduced to what figure 6 reads."""
-    config = bench_config()
     cfg = config.override(config.PRESETS[preset], name=run_dir.name, width=32, depth=2, epochs=10)
     run_dir.mkdir(parents=True)
     config.save(cfg, run_dir / "config.json")
