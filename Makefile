@@ -1,23 +1,27 @@
 # make run   fresh machine -> venv, deps, data, a quick local search, its report
 # make test  same set-up, then the test suite (no slow tests)
+# make gpu-check  on a CUDA machine: the GPU paths end to end in <= 10 minutes (exit 2 where there is no CUDA)
 SHELL := /bin/bash
-PYTHON ?= python3
+# The first Python that pyproject's requires-python (>= 3.11) admits: Ubuntu 22.04's python3 is 3.10.
+PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11; do \
+  $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUN ?= quick-$(shell date +%Y%m%d-%H%M%S)
 ARGS ?=
 
-.PHONY: run test test-all data report clean-venv
+.PHONY: run test test-all gpu-check data report clean-venv
 
 $(PY):
+	@[ -n "$(PYTHON)" ] || { echo "no Python >= 3.11 found (python3 is $$(python3 -V 2>&1)): install python3.11 and python3.11-venv, or pass PYTHON=/path/to/python3.11" >&2; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 
 # Re-install whenever pyproject.toml changes. torch/torchvision are pinned (the wheels are cached locally
 # on the reference machine; elsewhere pip downloads them).
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,aws]'
 	@touch $(STAMP)
 
 # Fashion-MNIST: already there? else the Debian package (as root, or with password-less sudo),
@@ -43,6 +47,9 @@ test: data
 
 test-all: data
 	$(PY) -m pytest -q $(ARGS)
+
+gpu-check: data
+	$(PY) experiments/gpu_check.py $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -309,6 +309,13 @@ class ClipEncoder:
         return torch.cat(out).numpy()
 
 
+def local_device(num_gpus: int) -> str:
+    """Where this process's own work goes (the text encoder; all of it with one GPU): CUDA only when GPUs are
+    asked for and CUDA is usable here. A cluster's CPU head asked for N > 1 GPUs has none: those are the actors'."""
+    import torch
+    return "cuda" if num_gpus >= 1 and torch.cuda.is_available() else "cpu"
+
+
 def load_encoder(weights: Weights, device="cpu", batch_size: int = 256) -> ClipEncoder:
     model = build_model(weights)
     try:
@@ -325,13 +332,20 @@ class _ShardEncoder:
     def __init__(self, weights: Weights, state_dict: dict, batch_size: int):
         import ray
         import torch
-        on_gpu = bool(ray.get_gpu_ids())
+        # A GPU Ray assigned but CUDA cannot see (a test instance that declares fake GPUs) embeds on the CPU;
+        # device() says so, and the CLI prints it.
+        on_gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
         if not on_gpu:
             torch.set_num_threads(1)  # CPU actors share the node's cores with each other
         self.encoder = ClipEncoder(build_model(weights, state_dict), None, "cuda" if on_gpu else "cpu", batch_size)
 
     def encode(self, images: np.ndarray, start: int, stop: int) -> np.ndarray:
         return self.encoder.encode_images(images[start:stop])
+
+    def device(self) -> str:
+        import torch
+        d = self.encoder.device
+        return torch.cuda.get_device_name(d) if d.type == "cuda" else "cpu"
 
 
 class RayImageEncoder:
@@ -356,6 +370,11 @@ class RayImageEncoder:
 
     def encode_text(self, texts) -> np.ndarray:
         return self.local.encode_text(texts)
+
+    def devices(self) -> list[str]:
+        """Each actor's device ("NVIDIA A10G", or "cpu"); waits until the actors have started."""
+        import ray
+        return ray.get([a.device.remote() for a in self.actors])
 
     def encode_images(self, images: np.ndarray, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         import ray

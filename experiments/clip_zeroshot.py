@@ -86,6 +86,14 @@ def progress(what: str):
     return report
 
 
+def describe_devices(sharded, local) -> str:
+    """'images on 2 Ray actors (2 x NVIDIA A10G), text on cpu': the driver may be a CPU-only cluster head."""
+    from collections import Counter
+    counts = Counter(sharded.devices())
+    actors = ", ".join(f"{n} x {name}" for name, n in sorted(counts.items()))
+    return f"images on {sum(counts.values())} Ray actors ({actors}), text on {local.device.type}"
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:  # bad input is found here and writes nothing
@@ -98,7 +106,7 @@ def main(argv=None) -> int:
         if num_gpus == 1 and not torch.cuda.is_available():
             raise ConfigError(f"--num-gpus {num_gpus}: no CUDA GPU is visible here; pass --num-gpus 0")
         weights = clip.resolve_weights(args.model, args.pretrained, args.cache_dir)
-        encoder = clip.load_encoder(weights, "cuda" if num_gpus >= 1 else "cpu", args.batch_size)
+        encoder = clip.load_encoder(weights, clip.local_device(num_gpus), args.batch_size)
         if num_gpus > 1:
             import ray
             if not ray.is_initialized():
@@ -112,13 +120,14 @@ def main(argv=None) -> int:
     positions = stratified_subset(y, args.limit, 0)
     images, labels = x[positions], y[positions]
     out = args.out or (args.run_dir / "clip" if args.run_dir else Path("results/clip"))
-    device = (f"{num_gpus} x {torch.cuda.get_device_name(0)} (Ray actors)" if num_gpus > 1 else
-              torch.cuda.get_device_name(0) if num_gpus == 1 else f"cpu ({torch.get_num_threads()} threads)")
-    print(f"{args.model} ({weights.pretrained}) on {device}: {len(images)} {args.split} images -> {out}/", flush=True)
 
     (out / "metrics.json").unlink(missing_ok=True)  # written last, so its presence means "this run is complete"
     sharded = clip.RayImageEncoder(encoder, num_gpus) if num_gpus > 1 else nullcontext(encoder)
     with sharded as enc:
+        device = describe_devices(enc, encoder) if num_gpus > 1 else (
+            torch.cuda.get_device_name(0) if num_gpus == 1 else f"cpu ({torch.get_num_threads()} threads)")
+        print(f"{args.model} ({weights.pretrained}) on {device}: {len(images)} {args.split} images -> {out}/",
+              flush=True)
         n_prompts = sum(map(len, clip.class_prompts(clip.CLASS_VARIANTS)))
         print(f"embedding the images, then {n_prompts} class prompts ...", flush=True)
         zs = clip.run_zero_shot(enc, images, labels, progress=progress(f"{args.split} split"))

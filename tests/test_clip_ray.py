@@ -24,3 +24,39 @@ def test_sharded_ray_embedding_equals_in_process(ray_local, fmnist):
     assert len(calls) == 2 and calls[0][0] in (50, 51) and calls[1] == (101, 101)  # shard sizes 50 and 51
     with pytest.raises(ray_local.exceptions.RayActorError):  # the context manager released the actors' CPUs
         ray_local.get(actors[0].encode.remote(images, 0, 1))
+
+
+# The CLI in a fresh process whose Ray instance declares 2 GPUs that do not exist: the driver of a cluster
+# with a CPU-only head and GPU workers. Hiding the devices after Ray has started keeps the driver CUDA-free on
+# a GPU box too (Ray refuses to start with 2 GPUs and CUDA_VISIBLE_DEVICES empty; torch reads it lazily).
+FAKE_GPU_DRIVER = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from distributed.tuner import init_ray
+init_ray(None, num_cpus=2, num_gpus=2, log_to_driver=False, configure_logging=False)
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+from tests.conftest import load_script
+sys.exit(load_script("clip_zeroshot").main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.ray
+def test_num_gpus_2_on_a_driver_without_cuda_keeps_the_text_encoder_on_the_cpu(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a Ray instance of its own
+    out = subprocess.run([sys.executable, "-c", FAKE_GPU_DRIVER, str(ROOT), "--model", clip.TEST_MODEL,
+                          "--limit", "40", "--num-gpus", "2", "--no-probe", "--top-k", "4", "--queries", "a bag",
+                          "--batch-size", "16", "--out", str(tmp_path)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["n_images"] == 40 and 0.0 <= metrics["acc"] <= 1.0 and len(metrics["retrieval"]) == 1
+    # both actors got a (fake) GPU each and ran; the text encoder stayed on the driver's CPU
+    assert metrics["device"].startswith("images on 2 Ray actors (") and metrics["device"].endswith("), text on cpu")
+    assert f"{clip.TEST_MODEL} (random) on {metrics['device']}: 40 test images" in out.stdout
