@@ -1,9 +1,11 @@
-"""Wiring: Ray Tune (OptunaSearch + ASHA) over trials that are each a K-worker Ray Train run.
+"""Wiring: Ray Tune (OptunaSearch + ASHA) over trials that run on warm K-worker Ray Train slots.
 
     run_search(cfg, dataset)
       -> ray.put the uint8 arrays + the fold split once
-      -> Tuner(run_trial, CVOptunaSearch(TPE, optuna.db), ASHA, RunConfig(storage=RUN_DIR/tune))
-           run_trial: TorchTrainer(fold_worker, K workers, gloo) with FoldMeanReport -> Tune
+      -> Slots.start(): a coordinator actor + one long-lived TorchTrainer(fold_worker, K workers) per slot
+      -> Tuner(trial.run_trial, CVOptunaSearch(TPE, optuna.db), ASHA, RunConfig(storage=RUN_DIR/tune))
+           run_trial: a torch-free client; the coordinator hands it to a free slot and relays its epochs
+           SlotCallback: ASHA's decision after every epoch -> the coordinator -> the slot's fold workers
       -> RUN_DIR: summary.json, trials.parquet, epochs.parquet (rewritten after every finished trial)
 """
 from __future__ import annotations
@@ -15,27 +17,25 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import ray
-import ray.train
 import ray.tune
-from ray.train.torch import TorchConfig, TorchTrainer
-from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
 from distributed import storage, tables
-from distributed.config import FOLD_METRICS, METRIC, MODE, ConfigError, ExperimentConfig, from_dict, to_dict
-from distributed.cv import fold_worker
+from distributed.config import METRIC, MODE, ConfigError, ExperimentConfig
 from distributed.search import make_searcher
+from distributed.slots import SLOT_ENV, SlotCallback, Slots
+from distributed.trial import TRIAL_CPU, run_trial
 
 
 # Passed to ray.init by the CLI and the tests, so every Ray process of the job sees them:
 # - Ray Train gives a worker group 60 s to start; five workers importing torch on a busy 2-core machine can
 #   take longer, and a timed-out start counts as a failure.
-# - Ray Train's controller collects the workers' reports, and notices that they finished, by polling them
-#   every 2 s: on average 1 s added to every epoch and 2+ s to the end of every trial. 0.25 s cuts that to
-#   almost nothing (BENCHMARKS.md, "Orchestration overhead").
+# - Ray Train's controller polls its workers' health every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s). Epoch
+#   metrics no longer travel that way (the coordinator relays them), so the poll only bounds how soon a dead
+#   fold worker is noticed: 1 s.
+# - SLOT_ENV: the Train helpers a slot does not need (distributed.slots).
 RAY_RUNTIME_ENV = {"env_vars": {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
-                                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}}
+                                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1", **SLOT_ENV}}
 
 
 def init_ray(address: str | None, **kwargs) -> None:
@@ -59,63 +59,6 @@ def init_ray(address: str | None, **kwargs) -> None:
         ray.init(address="local", runtime_env=RAY_RUNTIME_ENV, **kwargs)
     finally:
         del os.environ["RAY_GCS_SERVER_PORT"]  # only for the instance started here
-
-
-# The trial function only waits on its Train run (the K workers hold the real resources), but Tune
-# refuses an empty resource request: it gets a token share of a CPU.
-TRIAL_CPU = 0.01
-
-
-class FoldMeanReport(TuneReportCallback):
-    """Forward the K folds' metrics to Tune as fold-mean, fold-std (ddof=1) and per-fold lists.
-
-    Ray's TuneReportCallback forwards rank 0's dict only; here rank k is fold k, so aggregate all of them.
-    """
-
-    def after_report(self, run_context, metrics, checkpoint):
-        folds = sorted(metrics, key=lambda m: m["fold"])
-        out = {"epoch": folds[0]["epoch"], "num_folds": len(folds),
-               "fold_node_ids": [m["node_id"] for m in folds], "fold_node_ips": [m["node_ip"] for m in folds]}
-        for key in FOLD_METRICS:
-            values = [float(m[key]) for m in folds]
-            out[f"{key}_mean"] = float(np.mean(values))
-            out[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-            out[f"{key}_folds"] = values
-        if checkpoint:
-            out[CHECKPOINT_PATH_KEY] = checkpoint.path
-        elif "restored_checkpoint" in folds[0]:  # a replayed epoch (see fold_worker): its checkpoint is on disk
-            out[CHECKPOINT_PATH_KEY] = folds[0]["restored_checkpoint"]
-        self._training_actor_item_queue.put(out)
-
-
-def run_trial(hparams: dict, experiment: dict, shared: list, run_root: str, resources: dict) -> None:
-    """One Tune trial: K fold workers on Ray Train. The trial id names its Train run (resume finds it).
-
-    run_root is where the nodes write: the run directory's absolute path, or its s3:// / gs:// URI.
-    """
-    cfg = from_dict(experiment)
-    trial_id = ray.tune.get_context().get_trial_id()
-    # A Train run of this name already in storage means Tune restarted the trial (resume after a driver
-    # crash): Train resumes it from its last checkpoint, and the workers replay the finished epochs' metrics.
-    restarted = storage.path_exists(f"{run_root}/folds/{trial_id}")
-    trainer = TorchTrainer(
-        fold_worker,
-        train_loop_config={"experiment": experiment, "hparams": hparams, "data_ref": shared[0],
-                           "replay_history": restarted},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.cv.folds, use_gpu=resources["gpu"] > 0,
-            resources_per_worker={"CPU": resources["cpu"], "GPU": resources["gpu"]},
-        ),
-        # gloo: fractional GPUs per worker share a device, which NCCL refuses; only metrics cross ranks.
-        torch_config=TorchConfig(backend="gloo"),
-        run_config=ray.train.RunConfig(
-            name=trial_id, storage_path=f"{run_root}/folds",
-            callbacks=[FoldMeanReport()],
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.search.max_failures),
-        ),
-    )
-    trainer.fit()
 
 
 def plan_resources(cfg: ExperimentConfig, cluster: dict) -> dict:
@@ -220,11 +163,22 @@ def run_search(cfg: ExperimentConfig, run_dir: Path, shared: dict, meta: dict) -
     parent = store.uri if store else str(run_dir.parent)
     run_root = f"{parent}/{run_dir.name}"
     data_ref = ray.put(shared)  # the only copy of the data; fold workers read it zero-copy
+    slots = Slots(cfg, res, data_ref, run_root)
+    try:
+        return _search(cfg, run_dir, meta, slots, parent, run_root, store)
+    finally:
+        slots.stop()
+
+
+def _search(cfg, run_dir, meta, slots, parent, run_root, store) -> dict:
+    search_start = slots.start()
+    print(f"slots: {slots.n} warm worker group(s) of {cfg.cv.folds} fold workers up in {search_start:.1f} s; "
+          f"they serve every trial of the search", flush=True)
+    meta["engine"] = {"slots": slots.n, "search_start_s": round(search_start, 3)}
     trainable = ray.tune.with_resources(
-        ray.tune.with_parameters(run_trial, experiment=to_dict(cfg), shared=[data_ref], run_root=run_root,
-                                 resources=res),
-        {"cpu": TRIAL_CPU})
+        ray.tune.with_parameters(run_trial, coordinator=slots.coordinator), {"cpu": TRIAL_CPU})
     tracker = RunTracker(cfg, run_dir, meta)
+    callbacks = [SlotCallback(slots.coordinator), tracker]
     tune_dir = f"{run_root}/tune"
     # The experiment is RUN_DIR/tune, named "<run name>/tune" under RUN_DIR's parent rather than "tune"
     # under RUN_DIR: Tune stages its driver files in <ray session>/artifacts/<start second>/<name>, so two
@@ -238,7 +192,7 @@ def run_search(cfg: ExperimentConfig, run_dir: Path, shared: dict, meta: dict) -
         # stale): swap in this session's, and the run-named experiment (see below). Ray has no public
         # setter for either.
         restored = tuner._local_tuner.get_run_config()
-        restored.callbacks = [tracker]
+        restored.callbacks = callbacks
         restored.name, restored.storage_path = experiment, parent
     else:
         scheduler = make_scheduler(cfg)
@@ -247,15 +201,16 @@ def run_search(cfg: ExperimentConfig, run_dir: Path, shared: dict, meta: dict) -
             tune_config=ray.tune.TuneConfig(
                 metric=METRIC, mode=MODE, num_samples=cfg.search.num_samples,
                 search_alg=make_searcher(cfg, f"sqlite:///{(run_dir / 'optuna.db').resolve()}"),
-                scheduler=scheduler, max_concurrent_trials=res["concurrent"],
+                scheduler=scheduler, max_concurrent_trials=slots.n, reuse_actors=True,
                 trial_dirname_creator=lambda t: t.trial_id, trial_name_creator=lambda t: t.trial_id,
             ),
             run_config=ray.tune.RunConfig(
-                name=experiment, storage_path=parent, callbacks=[tracker], verbose=0,
+                name=experiment, storage_path=parent, callbacks=callbacks, verbose=0,
                 failure_config=ray.tune.FailureConfig(max_failures=cfg.search.max_failures),
             ),
         )
     tuner.fit()
+    meta["engine"].update(slots.stats())
     if store:  # the final tables read the trial logs Tune has now written to the bucket
         storage.download(store, cfg.name, run_dir, "tune")
     return tracker.write()
