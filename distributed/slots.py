@@ -42,6 +42,11 @@ class SlotCallback(ray.tune.Callback):
     def __init__(self, coordinator):
         self.coordinator = coordinator
 
+    def __getstate__(self):
+        # Tune pickles its callbacks into the experiment state; a resumed search brings its own coordinator
+        # (and swaps in its own callbacks), and a dead actor's handle cannot be unpickled.
+        return {"coordinator": None}
+
     def on_trial_start(self, iteration, trials, trial, **info):
         self.coordinator.trial_started.remote(trial.trial_id, time.time())
 
