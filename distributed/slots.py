@@ -137,3 +137,46 @@ class Slots:
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         ray.kill(self.coordinator)
+
+
+def _cuda_probe() -> dict:
+    """On a node Ray gave a GPU share: can torch use it? (name, driver and torch's CUDA build, for the message)."""
+    import subprocess
+
+    import torch
+    gpu_ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+    info = {"node_ip": ray.util.get_node_ip_address(), "gpu_ids": gpu_ids, "torch": torch.__version__,
+            "torch_cuda": torch.version.cuda, "available": torch.cuda.is_available(), "gpu": None, "driver": None}
+    if info["available"]:
+        info["gpu"] = torch.cuda.get_device_name(0)
+        return info
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+        first = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else ""
+        info["gpu"], _, info["driver"] = (p.strip() for p in first.partition(","))
+    except (OSError, subprocess.TimeoutExpired, IndexError):
+        pass
+    return info
+
+
+def check_cuda(res: dict) -> None:
+    """With GPUs planned, fail before any work when a node's torch cannot use the GPU Ray assigns it.
+
+    Without this a fold worker falls back to the CPU or fails deep inside training (a driver too old for
+    torch's CUDA build, a GPU torch no longer supports, a GPU declared to Ray that is not there)."""
+    from distributed.config import ConfigError
+    if res["gpu"] <= 0:
+        return
+    info = ray.get(ray.remote(_cuda_probe).options(num_cpus=0, num_gpus=res["gpu"]).remote(), timeout=900)
+    if info["available"]:
+        return
+    gpu = info["gpu"] or "unknown (nvidia-smi found none)"
+    driver = info["driver"] or "unknown"
+    where = (f"--num-gpus {res['num_gpus']:g}: Ray assigned GPU {','.join(map(str, info['gpu_ids'])) or '?'} "
+             f"on {info['node_ip']}, but torch {info['torch']} cannot use it "
+             f"(GPU {gpu}, NVIDIA driver {driver}, torch.cuda.is_available() is False)")
+    if not info["torch_cuda"]:
+        raise ConfigError(f"{where}: this torch is a CPU-only build; install a CUDA build, or pass --num-gpus 0")
+    raise ConfigError(f"{where}: torch's CUDA {info['torch_cuda']} build needs an NVIDIA driver that supports "
+                      f"CUDA {info['torch_cuda']} (README, 'On GPUs'); update the driver, or pass --num-gpus 0")

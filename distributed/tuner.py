@@ -61,25 +61,36 @@ def init_ray(address: str | None, **kwargs) -> None:
         del os.environ["RAY_GCS_SERVER_PORT"]  # only for the instance started here
 
 
+MIN_GPU_WORKER_CPU = 0.25  # below this a fold worker's data and Python overhead starve its GPU share
+
+
 def plan_resources(cfg: ExperimentConfig, cluster: dict) -> dict:
-    """Per-worker CPU/GPU and concurrent trials, from the flags and what the Ray cluster offers."""
+    """Per-worker CPU/GPU and concurrent trials (= slots), from the flags and what the Ray cluster offers.
+
+    On GPUs the CPUs per fold worker default to what lets every GPU run a trial (at most 1, at least
+    MIN_GPU_WORKER_CPU): a 16-CPU, 4-GPU box runs 4 trials of 5 x 0.79 CPUs, not 3 of 5 x 1. When the CPUs
+    allow fewer trials than the GPUs would, `limit` says why.
+    """
     r, k = cfg.resources, cfg.cv.folds
     have_gpus, have_cpus = float(cluster.get("GPU", 0)), float(cluster.get("CPU", 0))
     num_gpus = have_gpus if r.num_gpus is None else float(r.num_gpus)
     if num_gpus > have_gpus:
         raise ConfigError(f"--num-gpus {r.num_gpus:g}: the Ray cluster offers {have_gpus:g} GPU(s)")
+    limit = None
     if num_gpus > 0:
         gpu = r.gpus_per_worker or 1.0 / k
-        cpu = r.cpus_per_worker or 1.0
         by_gpu = int(math.floor(num_gpus / (gpu * k) + 1e-9))
         if by_gpu < 1:
             raise ConfigError(f"--num-gpus {num_gpus:g}: one trial needs {gpu * k:g} GPU(s) "
                               f"({k} folds x {gpu:g}); raise --num-gpus or lower --gpus-per-worker")
+        wanted = min(by_gpu, cfg.search.num_samples, r.max_concurrent_trials or sys.maxsize)
+        fair = math.floor((have_cpus - wanted * TRIAL_CPU) / (wanted * k) * 100) / 100
+        cpu = r.cpus_per_worker or min(1.0, max(fair, MIN_GPU_WORKER_CPU))
     else:
         gpu = 0.0
         # CPU-only: one trial fills the machine (what its trial function holds aside)
         cpu = r.cpus_per_worker or max(math.floor((have_cpus - TRIAL_CPU) / k * 1e4) / 1e4, 0.01)
-        by_gpu = sys.maxsize
+        by_gpu = wanted = sys.maxsize
     by_cpu = int(math.floor(have_cpus / (cpu * k + TRIAL_CPU) + 1e-9))
     if by_cpu < 1:
         raise ConfigError(f"--cpus-per-worker {cpu:g}: one trial needs {cpu * k:g} CPUs, "
@@ -87,8 +98,11 @@ def plan_resources(cfg: ExperimentConfig, cluster: dict) -> dict:
     concurrent = min(by_gpu, by_cpu, cfg.search.num_samples)
     if r.max_concurrent_trials:
         concurrent = min(concurrent, r.max_concurrent_trials)
+    if num_gpus > 0 and by_cpu < wanted:
+        limit = (f"{by_cpu} trial(s) at once, not {wanted}: {have_cpus:g} CPUs hold {by_cpu} x {k} fold workers "
+                 f"at {cpu:g} CPU each; lower --cpus-per-worker or add CPUs to use every GPU")
     return {"cpu": round(cpu, 4), "gpu": round(gpu, 4), "num_gpus": num_gpus, "concurrent": concurrent,
-            "cluster": {"CPU": have_cpus, "GPU": have_gpus}}
+            "cluster": {"CPU": have_cpus, "GPU": have_gpus}, "limit": limit}
 
 
 class RunTracker(ray.tune.Callback):
@@ -157,6 +171,8 @@ def run_search(cfg: ExperimentConfig, run_dir: Path, shared: dict, meta: dict) -
                        "concurrent_trials": res["concurrent"], "cluster": res["cluster"]}
     print(f"resources: {cfg.cv.folds} fold workers per trial x ({res['cpu']:g} CPU, {res['gpu']:g} GPU); "
           f"up to {res['concurrent']} trial(s) at once; cluster {res['cluster']}", flush=True)
+    if res["limit"]:
+        print(f"resources: {res['limit']}", flush=True)
 
     # Where the nodes write fold checkpoints and the Tune experiment: the run directory, or the bucket.
     store = storage.parse_storage_uri(cfg.storage_path)
@@ -171,13 +187,17 @@ def run_search(cfg: ExperimentConfig, run_dir: Path, shared: dict, meta: dict) -
 
 
 def _search(cfg, run_dir, meta, slots, parent, run_root, store) -> dict:
+    # Tune saves its experiment state (trials, searcher) at most every 10 s by default. A warm trial can start
+    # and finish inside that window, and a driver killed there loses it: the resumed search would sample and
+    # train it again under a new id. Save after every controller step instead (a few ms of JSON each).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    tracker = RunTracker(cfg, run_dir, meta)  # its clock (summary.json's wall_s) includes starting the slots
     search_start = slots.start()
     print(f"slots: {slots.n} warm worker group(s) of {cfg.cv.folds} fold workers up in {search_start:.1f} s; "
           f"they serve every trial of the search", flush=True)
     meta["engine"] = {"slots": slots.n, "search_start_s": round(search_start, 3)}
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(run_trial, coordinator=slots.coordinator), {"cpu": TRIAL_CPU})
-    tracker = RunTracker(cfg, run_dir, meta)
     callbacks = [SlotCallback(slots.coordinator), tracker]
     tune_dir = f"{run_root}/tune"
     # The experiment is RUN_DIR/tune, named "<run name>/tune" under RUN_DIR's parent rather than "tune"
