@@ -1,27 +1,38 @@
-"""The fold loop: what one Ray Train worker runs. World rank == fold index; there is no DDP.
+"""The fold loop: what one Ray Train worker of a slot runs. World rank == fold index; there is no DDP.
 
-Each of the K workers of a trial trains its own model on K-1 folds and evaluates on the held-out fold,
-every epoch. All K report each epoch (ray.train.report is a barrier); `FoldMeanReport` (distributed.tuner)
-turns the K dicts into fold-mean / fold-std / per-fold metrics for Tune, so ASHA prunes on
-cross-validated numbers. The K per-fold checkpoint files are merged by Ray Train into one checkpoint
-directory per epoch: fold_<k>.pt (weights, optimizer, schedule) and, after the last epoch,
-oof_fold_<k>.npz (the out-of-fold predictions).
+A slot (distributed.slots) is one long-lived Ray Train run of K workers. Each worker starts once per search:
+it imports torch, copies its fold's part of the data onto its device, and then serves trial after trial,
+asking the coordinator (distributed.coordinator) for the next one. For each trial it trains its own model
+on K-1 folds and evaluates on the held-out fold, every epoch, and writes
+
+    RUN_DIR/folds/<trial>/epoch_NNN/fold_<k>.pt        weights, optimizer, schedule, RNG, metrics, history
+    RUN_DIR/folds/<trial>/epoch_NNN/oof_fold_<k>.npz   after the last epoch: the out-of-fold predictions
+
+then reports the epoch's metrics to the coordinator, which hands the fold-mean to the trial's Tune client.
+A fold writes epoch e only after Tune decided to continue after epoch e-1 (`may_write`), and it abandons a
+trial that Tune stopped at once (checked about every second inside an epoch), so a stopped trial gets
+nothing more. Resuming (a restarted worker group, or a resumed search) starts from this fold's own latest
+checkpoint of the trial, so no fold trains an epoch twice.
 """
 from __future__ import annotations
 
+import io
 import os
 import signal
-import tempfile
+import time
+import traceback
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from distributed import storage
 from distributed.config import apply_hparams, from_dict
 from distributed.model import make_model
 from distributed.train import evaluate, make_optimizer, steps_per_epoch, train_one_epoch
 
 FAULT_ENV = "FMNIST_TEST_KILL_FOLD_AT"  # test-only hook: "FOLD:EPOCH:MARKER_FILE" kills that worker once
+KEEP_EPOCHS = 2  # fold checkpoints kept per trial and fold (the newest ones; the last epoch is always kept)
 
 
 def fold_split(shared: dict, fold: int) -> tuple[np.ndarray, np.ndarray]:
@@ -42,72 +53,150 @@ def _maybe_inject_fault(fold: int, epoch: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def epoch_dir(run_root: str, trial_id: str, epoch: int) -> str:
+    return f"{run_root}/folds/{trial_id}/epoch_{epoch:03d}"
+
+
+def latest_fold_epoch(run_root: str, trial_id: str, fold: int) -> int:
+    """The newest epoch with this fold's checkpoint of the trial (0: none)."""
+    epochs = [int(name[len("epoch_"):]) for name in storage.list_dir(f"{run_root}/folds/{trial_id}")
+              if name.startswith("epoch_") and name[len("epoch_"):].isdigit()]
+    for e in sorted(epochs, reverse=True):
+        if f"fold_{fold}.pt" in storage.list_dir(epoch_dir(run_root, trial_id, e)):
+            return e
+    return 0
+
+
+def rng_state(device: torch.device) -> dict:
+    """The generators that drive augmentation and dropout: the CPU one, and the device's own on CUDA."""
+    state = {"rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng(state: dict, device: torch.device) -> None:
+    # .cpu(): a checkpoint loaded with map_location=<cuda device> moves the saved ByteTensor there too, and
+    # torch.set_rng_state accepts only a CPU ByteTensor. Checkpoints written before the CUDA state was saved
+    # have only "rng".
+    torch.set_rng_state(state["rng"].cpu())
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+
+
+def load_fold_state(path: str, device: torch.device) -> dict:
+    return torch.load(io.BytesIO(storage.read_file(path)), map_location=device, weights_only=False)
+
+
+class Fold:
+    """One fold's part of the data on the device, for the whole search (the split does not change)."""
+
+    def __init__(self, shared: dict, fold: int, device: torch.device):
+        self.fold, self.device = fold, device
+        self.train_idx, self.val_idx = fold_split(shared, fold)
+        x, y = shared["x"], shared["y"]
+        self.y_val_np = y[self.val_idx]
+        self.x_tr = torch.from_numpy(x[self.train_idx]).to(device)
+        self.y_tr = torch.from_numpy(y[self.train_idx]).to(device)
+        self.x_val = torch.from_numpy(x[self.val_idx]).to(device)
+        self.y_val = torch.from_numpy(self.y_val_np).to(device)
+
+
+def run_fold(job: dict, fold: Fold, cfg, run_root: str, coordinator, node: dict) -> None:
+    """Train one trial's fold to the end of its budget, or until Tune stops it."""
+    import ray
+
+    trial_id, k, device = job["trial_id"], fold.fold, fold.device
+    model_cfg, train_cfg = apply_hparams(cfg, job["hparams"])
+    torch.manual_seed(cfg.cv.fold_seed * 1000 + k)
+
+    # ---- model, optimizer, schedule; resume from this fold's latest checkpoint of the trial
+    model = make_model(model_cfg, device)
+    optimizer, scheduler = make_optimizer(model, train_cfg, steps_per_epoch(len(fold.x_tr), train_cfg.batch_size))
+    start_epoch, history = latest_fold_epoch(run_root, trial_id, k), []
+    if start_epoch:
+        state = load_fold_state(f"{epoch_dir(run_root, trial_id, start_epoch)}/fold_{k}.pt", device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = state["history"]
+        restore_rng(state, device)
+        # Report the epochs already trained again: after a resumed search, Tune has none of them (the
+        # coordinator ignores the ones it has). Each names the directory it was written to.
+        for past in history:
+            ray.get(coordinator.fold_report.remote(trial_id, k, past,
+                                                   epoch_dir(run_root, trial_id, past["epoch"])))
+
+    # ---- the epoch loop
+    first_step = True
+    for epoch in range(start_epoch + 1, train_cfg.epochs + 1):
+        _maybe_inject_fault(k, epoch)
+        if first_step:
+            coordinator.started.remote(trial_id, k, time.time())
+            first_step = False
+        tr = train_one_epoch(model, optimizer, scheduler, fold.x_tr, fold.y_tr, train_cfg,
+                             should_stop=lambda: ray.get(coordinator.is_over.remote(trial_id)))
+        if tr.get("stopped"):
+            return
+        ev = evaluate(model, fold.x_val, fold.y_val, train_cfg.eval_batch_size, tta_flip=train_cfg.tta_flip)
+        metrics = {"fold": k, "epoch": epoch, **node, "lr": tr["lr"],
+                   "seconds": tr["seconds"] + ev["seconds"],
+                   "train_loss": tr["loss"], "train_acc": tr["acc"], "train_f1": tr["f1"],
+                   "val_loss": ev["loss"], "val_acc": ev["acc"], "val_f1": ev["f1"]}
+        # ---- Tune's decision after the previous epoch (it came while this one trained): stop means nothing
+        # of this epoch may be written
+        if not ray.get(coordinator.may_write.remote(trial_id, epoch)):
+            return
+        history.append(metrics)
+        out = epoch_dir(run_root, trial_id, epoch)
+        buf = io.BytesIO()
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "epoch": epoch, "fold": k, **rng_state(device),
+                    "model_config": model_cfg.__dict__, "train_config": train_cfg.__dict__,
+                    "metrics": metrics, "history": history}, buf)
+        storage.write_file(f"{out}/fold_{k}.pt", buf.getvalue())
+        if epoch == train_cfg.epochs:
+            probs = ev["probs"].float().cpu().numpy()
+            buf = io.BytesIO()
+            np.savez(buf, index=fold.val_idx, fold=np.full(len(fold.val_idx), k), true=fold.y_val_np,
+                     pred=probs.argmax(1), probs=probs)
+            storage.write_file(f"{out}/oof_fold_{k}.npz", buf.getvalue())
+        old = epoch - KEEP_EPOCHS
+        if old >= 1 and f"fold_{k}.pt" in storage.list_dir(epoch_dir(run_root, trial_id, old)):
+            storage.remove_file(f"{epoch_dir(run_root, trial_id, old)}/fold_{k}.pt")
+        ray.get(coordinator.fold_report.remote(trial_id, k, metrics, out))
+
+
 def fold_worker(loop_config: dict) -> None:
+    """A slot's worker: set up once, then run whatever trial the coordinator hands this slot, until shutdown."""
     import ray
     import ray.train
     import ray.train.torch
 
-    ctx = ray.train.get_context()
-    fold = ctx.get_world_rank()
+    fold = ray.train.get_context().get_world_rank()
+    coordinator, slot = loop_config["coordinator"], loop_config["slot"]
+    run_root = loop_config["run_root"]
     # recorded per fold: shows how trials spread over a cluster (ids tell apart nodes that share an IP)
-    node = {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+    node = {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+            "pid": os.getpid()}  # the same K processes serve every trial of a slot (tests check it)
     cfg = from_dict(loop_config["experiment"])
-    model_cfg, train_cfg = apply_hparams(cfg, loop_config["hparams"])
     device = ray.train.torch.get_device()
     if device.type == "cpu":
-        torch.set_num_threads(train_cfg.torch_threads)  # the K folds already share the cores
-    torch.manual_seed(cfg.cv.fold_seed * 1000 + fold)
+        torch.set_num_threads(cfg.train.torch_threads)  # the K folds already share the cores
 
     # ---- data: zero-copy from the object store, this fold's part copied once onto the device
-    shared = ray.get(loop_config["data_ref"])
-    train_idx, val_idx = fold_split(shared, fold)
-    x, y = shared["x"], shared["y"]
-    x_tr = torch.from_numpy(x[train_idx]).to(device)
-    y_tr = torch.from_numpy(y[train_idx]).to(device)
-    x_val = torch.from_numpy(x[val_idx]).to(device)
-    y_val = torch.from_numpy(y[val_idx]).to(device)
+    data = Fold(ray.get(loop_config["data_ref"]), fold, device)
 
-    # ---- model, optimizer, schedule; resume from this fold's file in the latest checkpoint
-    model = make_model(model_cfg, device)
-    optimizer, scheduler = make_optimizer(model, train_cfg, steps_per_epoch(len(x_tr), train_cfg.batch_size))
-    start_epoch, history = 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / f"fold_{fold}.pt", map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history = state["epoch"], state["history"]
-        torch.set_rng_state(state["rng"])
-    if loop_config.get("replay_history"):
-        # Tune restarted this trial (a resumed search) and kept none of its results: report the epochs
-        # already trained again, from the checkpoint, so Tune, ASHA and the tables see the whole curve.
-        # The last one names the restored checkpoint, which holds this fold's model and OOF predictions.
-        for past in history[:-1]:
-            ray.train.report(past)
-        if history:
-            ray.train.report({**history[-1], "restored_checkpoint": checkpoint.path})
-
-    # ---- the epoch loop
-    for epoch in range(start_epoch + 1, train_cfg.epochs + 1):
-        _maybe_inject_fault(fold, epoch)
-        tr = train_one_epoch(model, optimizer, scheduler, x_tr, y_tr, train_cfg)
-        ev = evaluate(model, x_val, y_val, train_cfg.eval_batch_size, tta_flip=train_cfg.tta_flip)
-        metrics = {"fold": fold, "epoch": epoch, **node, "lr": tr["lr"],
-                   "seconds": tr["seconds"] + ev["seconds"],
-                   "train_loss": tr["loss"], "train_acc": tr["acc"], "train_f1": tr["f1"],
-                   "val_loss": ev["loss"], "val_acc": ev["acc"], "val_f1": ev["f1"]}
-        history.append(metrics)
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "epoch": epoch, "fold": fold,
-                        "rng": torch.get_rng_state(), "model_config": model_cfg.__dict__,
-                        "train_config": train_cfg.__dict__, "metrics": metrics, "history": history},
-                       Path(tmp) / f"fold_{fold}.pt")
-            if epoch == train_cfg.epochs:
-                probs = ev["probs"].float().cpu().numpy()
-                np.savez(Path(tmp) / f"oof_fold_{fold}.npz", index=val_idx, fold=np.full(len(val_idx), fold),
-                         true=y[val_idx], pred=probs.argmax(1), probs=probs)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=f"epoch_{epoch:03d}")
+    left = None
+    while True:
+        job = ray.get(coordinator.get_job.remote(slot, fold, left))
+        if job is None:  # the search is over
+            return
+        try:
+            run_fold(job, data, cfg, run_root, coordinator, node)
+        except Exception as e:  # the trial's own failure (say a bad value): the trial errors, the slot goes on
+            ray.get(coordinator.fold_error.remote(job["trial_id"], fold,
+                                                  f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+            if device.type == "cuda" and isinstance(e, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
+        left = job["trial_id"]

@@ -237,3 +237,57 @@ def fetch_checkpoint(run_dir: Path, storage_path: str, name: str, relative: str 
     if store is None or not relative or (Path(run_dir) / relative).is_dir():
         return 0
     return download(store, name, run_dir, *relative.split("/"))
+
+
+# ---------------------------------------------------------------- files written by the fold workers
+#
+# The fold workers write folds/<trial>/epoch_NNN/fold_k.pt themselves (not through Ray Train's checkpoint
+# bookkeeping, which counts across a slot's whole Train run and would delete another trial's checkpoints).
+# `path` is a local absolute path or a URI (s3://bucket/key); an object store writes each object whole.
+
+def _fs_and_path(path: str):
+    store = parse_storage_uri(path)
+    if store is None:
+        return None, path
+    return open_store(store), store.fs_path("")
+
+
+def write_file(path: str, data: bytes) -> None:
+    fs, p = _fs_and_path(path)
+    if fs is None:
+        from distributed.io import write_bytes_atomic
+        write_bytes_atomic(p, data)
+        return
+    with fs.open_output_stream(p) as f:
+        f.write(data)
+
+
+def read_file(path: str) -> bytes:
+    fs, p = _fs_and_path(path)
+    if fs is None:
+        return Path(p).read_bytes()
+    with fs.open_input_stream(p) as f:
+        return f.read()
+
+
+def list_dir(path: str) -> list[str]:
+    """Names directly under `path` (files and directories); [] when it does not exist."""
+    fs, p = _fs_and_path(path)
+    if fs is None:
+        return sorted(os.listdir(p)) if os.path.isdir(p) else []
+    import pyarrow.fs
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(p, allow_not_found=True))
+    return sorted(posixpath.basename(i.path) for i in infos)
+
+
+def remove_file(path: str) -> None:
+    """Delete a file; for a local one, also its directory once it is empty (the last fold out removes it)."""
+    fs, p = _fs_and_path(path)
+    if fs is not None:
+        fs.delete_file(p)
+        return
+    Path(p).unlink(missing_ok=True)
+    try:
+        os.rmdir(os.path.dirname(p))
+    except OSError:  # other folds' files are still there
+        pass

@@ -150,6 +150,7 @@ def make_summary(cfg: ExperimentConfig, trials: pd.DataFrame, epochs: pd.DataFra
         "split_fingerprint": meta["split_fingerprint"], "data_fingerprint": meta["data_fingerprint"],
         "n_train": meta["n_train"], "limit_train": cfg.data.limit_train,
         "wall_s": round(wall_s, 2), "versions": meta["versions"], "devices": meta.get("devices"),
+        "engine": meta.get("engine"),  # slots, search_start_s, trial_start_latency_s (after the search), restarts
     }
 
 

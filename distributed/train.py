@@ -76,8 +76,12 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 def train_one_epoch(model, optimizer, scheduler, x_u8: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
-                    generator: torch.Generator | None = None) -> dict:
-    """x_u8 (N, 28, 28) uint8 and y (N,) on the model's device. Returns loss, acc, f1, lr, seconds, n."""
+                    generator: torch.Generator | None = None, should_stop=None, check_every_s: float = 1.0) -> dict:
+    """x_u8 (N, 28, 28) uint8 and y (N,) on the model's device. Returns loss, acc, f1, lr, seconds, n.
+
+    should_stop: a callable asked about once every `check_every_s` seconds; when it says True the epoch ends
+    at once and the dict is {"stopped": True, "seconds": ...} (a slot abandoning a trial that Tune stopped).
+    """
     device = x_u8.device
     model.train()
     t0 = time.perf_counter()
@@ -86,7 +90,12 @@ def train_one_epoch(model, optimizer, scheduler, x_u8: torch.Tensor, y: torch.Te
     order = torch.randperm(n, generator=generator, device="cpu").to(device)
     total_loss = torch.zeros((), device=device)
     preds, trues = [], []
+    next_check = t0 + check_every_s
     for step in range(steps_per_epoch(n, bs)):
+        if should_stop is not None and time.perf_counter() >= next_check:
+            if should_stop():
+                return {"stopped": True, "seconds": time.perf_counter() - t0}
+            next_check = time.perf_counter() + check_every_s
         idx = order[step * bs:(step + 1) * bs]
         xb = augment(x_u8[idx], cfg.rotate_deg, cfg.flip_p, cfg.erase_p, generator=None)
         yb = y[idx]

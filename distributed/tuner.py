@@ -1,9 +1,11 @@
-"""Wiring: Ray Tune (OptunaSearch + ASHA) over trials that are each a K-worker Ray Train run.
+"""Wiring: Ray Tune (OptunaSearch + ASHA) over trials that run on warm K-worker Ray Train slots.
 
     run_search(cfg, dataset)
       -> ray.put the uint8 arrays + the fold split once
-      -> Tuner(run_trial, CVOptunaSearch(TPE, optuna.db), ASHA, RunConfig(storage=RUN_DIR/tune))
-           run_trial: TorchTrainer(fold_worker, K workers, gloo) with FoldMeanReport -> Tune
+      -> Slots.start(): a coordinator actor + one long-lived TorchTrainer(fold_worker, K workers) per slot
+      -> Tuner(trial.run_trial, CVOptunaSearch(TPE, optuna.db), ASHA, RunConfig(storage=RUN_DIR/tune))
+           run_trial: a torch-free client; the coordinator hands it to a free slot and relays its epochs
+           SlotCallback: ASHA's decision after every epoch -> the coordinator -> the slot's fold workers
       -> RUN_DIR: summary.json, trials.parquet, epochs.parquet (rewritten after every finished trial)
 """
 from __future__ import annotations
@@ -15,27 +17,25 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import ray
-import ray.train
 import ray.tune
-from ray.train.torch import TorchConfig, TorchTrainer
-from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
 from distributed import storage, tables
-from distributed.config import FOLD_METRICS, METRIC, MODE, ConfigError, ExperimentConfig, from_dict, to_dict
-from distributed.cv import fold_worker
+from distributed.config import METRIC, MODE, ConfigError, ExperimentConfig
 from distributed.search import make_searcher
+from distributed.slots import SLOT_ENV, SlotCallback, Slots
+from distributed.trial import TRIAL_CPU, run_trial
 
 
 # Passed to ray.init by the CLI and the tests, so every Ray process of the job sees them:
 # - Ray Train gives a worker group 60 s to start; five workers importing torch on a busy 2-core machine can
 #   take longer, and a timed-out start counts as a failure.
-# - Ray Train's controller collects the workers' reports, and notices that they finished, by polling them
-#   every 2 s: on average 1 s added to every epoch and 2+ s to the end of every trial. 0.25 s cuts that to
-#   almost nothing (BENCHMARKS.md, "Orchestration overhead").
+# - Ray Train's controller polls its workers' health every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s). Epoch
+#   metrics no longer travel that way (the coordinator relays them), so the poll only bounds how soon a dead
+#   fold worker is noticed: 1 s.
+# - SLOT_ENV: the Train helpers a slot does not need (distributed.slots).
 RAY_RUNTIME_ENV = {"env_vars": {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
-                                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}}
+                                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1", **SLOT_ENV}}
 
 
 def init_ray(address: str | None, **kwargs) -> None:
@@ -61,82 +61,36 @@ def init_ray(address: str | None, **kwargs) -> None:
         del os.environ["RAY_GCS_SERVER_PORT"]  # only for the instance started here
 
 
-# The trial function only waits on its Train run (the K workers hold the real resources), but Tune
-# refuses an empty resource request: it gets a token share of a CPU.
-TRIAL_CPU = 0.01
-
-
-class FoldMeanReport(TuneReportCallback):
-    """Forward the K folds' metrics to Tune as fold-mean, fold-std (ddof=1) and per-fold lists.
-
-    Ray's TuneReportCallback forwards rank 0's dict only; here rank k is fold k, so aggregate all of them.
-    """
-
-    def after_report(self, run_context, metrics, checkpoint):
-        folds = sorted(metrics, key=lambda m: m["fold"])
-        out = {"epoch": folds[0]["epoch"], "num_folds": len(folds),
-               "fold_node_ids": [m["node_id"] for m in folds], "fold_node_ips": [m["node_ip"] for m in folds]}
-        for key in FOLD_METRICS:
-            values = [float(m[key]) for m in folds]
-            out[f"{key}_mean"] = float(np.mean(values))
-            out[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-            out[f"{key}_folds"] = values
-        if checkpoint:
-            out[CHECKPOINT_PATH_KEY] = checkpoint.path
-        elif "restored_checkpoint" in folds[0]:  # a replayed epoch (see fold_worker): its checkpoint is on disk
-            out[CHECKPOINT_PATH_KEY] = folds[0]["restored_checkpoint"]
-        self._training_actor_item_queue.put(out)
-
-
-def run_trial(hparams: dict, experiment: dict, shared: list, run_root: str, resources: dict) -> None:
-    """One Tune trial: K fold workers on Ray Train. The trial id names its Train run (resume finds it).
-
-    run_root is where the nodes write: the run directory's absolute path, or its s3:// / gs:// URI.
-    """
-    cfg = from_dict(experiment)
-    trial_id = ray.tune.get_context().get_trial_id()
-    # A Train run of this name already in storage means Tune restarted the trial (resume after a driver
-    # crash): Train resumes it from its last checkpoint, and the workers replay the finished epochs' metrics.
-    restarted = storage.path_exists(f"{run_root}/folds/{trial_id}")
-    trainer = TorchTrainer(
-        fold_worker,
-        train_loop_config={"experiment": experiment, "hparams": hparams, "data_ref": shared[0],
-                           "replay_history": restarted},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.cv.folds, use_gpu=resources["gpu"] > 0,
-            resources_per_worker={"CPU": resources["cpu"], "GPU": resources["gpu"]},
-        ),
-        # gloo: fractional GPUs per worker share a device, which NCCL refuses; only metrics cross ranks.
-        torch_config=TorchConfig(backend="gloo"),
-        run_config=ray.train.RunConfig(
-            name=trial_id, storage_path=f"{run_root}/folds",
-            callbacks=[FoldMeanReport()],
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.search.max_failures),
-        ),
-    )
-    trainer.fit()
+MIN_GPU_WORKER_CPU = 0.25  # below this a fold worker's data and Python overhead starve its GPU share
 
 
 def plan_resources(cfg: ExperimentConfig, cluster: dict) -> dict:
-    """Per-worker CPU/GPU and concurrent trials, from the flags and what the Ray cluster offers."""
+    """Per-worker CPU/GPU and concurrent trials (= slots), from the flags and what the Ray cluster offers.
+
+    On GPUs the CPUs per fold worker default to what lets every GPU run a trial (at most 1, at least
+    MIN_GPU_WORKER_CPU): a 16-CPU, 4-GPU box runs 4 trials of 5 x 0.79 CPUs, not 3 of 5 x 1. When the CPUs
+    allow fewer trials than the GPUs would, `limit` says why.
+    """
     r, k = cfg.resources, cfg.cv.folds
     have_gpus, have_cpus = float(cluster.get("GPU", 0)), float(cluster.get("CPU", 0))
     num_gpus = have_gpus if r.num_gpus is None else float(r.num_gpus)
     if num_gpus > have_gpus:
         raise ConfigError(f"--num-gpus {r.num_gpus:g}: the Ray cluster offers {have_gpus:g} GPU(s)")
+    limit = None
     if num_gpus > 0:
         gpu = r.gpus_per_worker or 1.0 / k
-        cpu = r.cpus_per_worker or 1.0
         by_gpu = int(math.floor(num_gpus / (gpu * k) + 1e-9))
         if by_gpu < 1:
             raise ConfigError(f"--num-gpus {num_gpus:g}: one trial needs {gpu * k:g} GPU(s) "
                               f"({k} folds x {gpu:g}); raise --num-gpus or lower --gpus-per-worker")
+        wanted = min(by_gpu, cfg.search.num_samples, r.max_concurrent_trials or sys.maxsize)
+        fair = math.floor((have_cpus - wanted * TRIAL_CPU) / (wanted * k) * 100) / 100
+        cpu = r.cpus_per_worker or min(1.0, max(fair, MIN_GPU_WORKER_CPU))
     else:
         gpu = 0.0
         # CPU-only: one trial fills the machine (what its trial function holds aside)
         cpu = r.cpus_per_worker or max(math.floor((have_cpus - TRIAL_CPU) / k * 1e4) / 1e4, 0.01)
-        by_gpu = sys.maxsize
+        by_gpu = wanted = sys.maxsize
     by_cpu = int(math.floor(have_cpus / (cpu * k + TRIAL_CPU) + 1e-9))
     if by_cpu < 1:
         raise ConfigError(f"--cpus-per-worker {cpu:g}: one trial needs {cpu * k:g} CPUs, "
@@ -144,8 +98,11 @@ def plan_resources(cfg: ExperimentConfig, cluster: dict) -> dict:
     concurrent = min(by_gpu, by_cpu, cfg.search.num_samples)
     if r.max_concurrent_trials:
         concurrent = min(concurrent, r.max_concurrent_trials)
+    if num_gpus > 0 and by_cpu < wanted:
+        limit = (f"{by_cpu} trial(s) at once, not {wanted}: {have_cpus:g} CPUs hold {by_cpu} x {k} fold workers "
+                 f"at {cpu:g} CPU each; lower --cpus-per-worker or add CPUs to use every GPU")
     return {"cpu": round(cpu, 4), "gpu": round(gpu, 4), "num_gpus": num_gpus, "concurrent": concurrent,
-            "cluster": {"CPU": have_cpus, "GPU": have_gpus}}
+            "cluster": {"CPU": have_cpus, "GPU": have_gpus}, "limit": limit}
 
 
 class RunTracker(ray.tune.Callback):
@@ -214,17 +171,34 @@ def run_search(cfg: ExperimentConfig, run_dir: Path, shared: dict, meta: dict) -
                        "concurrent_trials": res["concurrent"], "cluster": res["cluster"]}
     print(f"resources: {cfg.cv.folds} fold workers per trial x ({res['cpu']:g} CPU, {res['gpu']:g} GPU); "
           f"up to {res['concurrent']} trial(s) at once; cluster {res['cluster']}", flush=True)
+    if res["limit"]:
+        print(f"resources: {res['limit']}", flush=True)
 
     # Where the nodes write fold checkpoints and the Tune experiment: the run directory, or the bucket.
     store = storage.parse_storage_uri(cfg.storage_path)
     parent = store.uri if store else str(run_dir.parent)
     run_root = f"{parent}/{run_dir.name}"
     data_ref = ray.put(shared)  # the only copy of the data; fold workers read it zero-copy
+    slots = Slots(cfg, res, data_ref, run_root)
+    try:
+        return _search(cfg, run_dir, meta, slots, parent, run_root, store)
+    finally:
+        slots.stop()
+
+
+def _search(cfg, run_dir, meta, slots, parent, run_root, store) -> dict:
+    # Tune saves its experiment state (trials, searcher) at most every 10 s by default. A warm trial can start
+    # and finish inside that window, and a driver killed there loses it: the resumed search would sample and
+    # train it again under a new id. Save after every controller step instead (a few ms of JSON each).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    tracker = RunTracker(cfg, run_dir, meta)  # its clock (summary.json's wall_s) includes starting the slots
+    search_start = slots.start()
+    print(f"slots: {slots.n} warm worker group(s) of {cfg.cv.folds} fold workers up in {search_start:.1f} s; "
+          f"they serve every trial of the search", flush=True)
+    meta["engine"] = {"slots": slots.n, "search_start_s": round(search_start, 3)}
     trainable = ray.tune.with_resources(
-        ray.tune.with_parameters(run_trial, experiment=to_dict(cfg), shared=[data_ref], run_root=run_root,
-                                 resources=res),
-        {"cpu": TRIAL_CPU})
-    tracker = RunTracker(cfg, run_dir, meta)
+        ray.tune.with_parameters(run_trial, coordinator=slots.coordinator), {"cpu": TRIAL_CPU})
+    callbacks = [SlotCallback(slots.coordinator), tracker]
     tune_dir = f"{run_root}/tune"
     # The experiment is RUN_DIR/tune, named "<run name>/tune" under RUN_DIR's parent rather than "tune"
     # under RUN_DIR: Tune stages its driver files in <ray session>/artifacts/<start second>/<name>, so two
@@ -238,7 +212,7 @@ def run_search(cfg: ExperimentConfig, run_dir: Path, shared: dict, meta: dict) -
         # stale): swap in this session's, and the run-named experiment (see below). Ray has no public
         # setter for either.
         restored = tuner._local_tuner.get_run_config()
-        restored.callbacks = [tracker]
+        restored.callbacks = callbacks
         restored.name, restored.storage_path = experiment, parent
     else:
         scheduler = make_scheduler(cfg)
@@ -247,15 +221,16 @@ def run_search(cfg: ExperimentConfig, run_dir: Path, shared: dict, meta: dict) -
             tune_config=ray.tune.TuneConfig(
                 metric=METRIC, mode=MODE, num_samples=cfg.search.num_samples,
                 search_alg=make_searcher(cfg, f"sqlite:///{(run_dir / 'optuna.db').resolve()}"),
-                scheduler=scheduler, max_concurrent_trials=res["concurrent"],
+                scheduler=scheduler, max_concurrent_trials=slots.n, reuse_actors=True,
                 trial_dirname_creator=lambda t: t.trial_id, trial_name_creator=lambda t: t.trial_id,
             ),
             run_config=ray.tune.RunConfig(
-                name=experiment, storage_path=parent, callbacks=[tracker], verbose=0,
+                name=experiment, storage_path=parent, callbacks=callbacks, verbose=0,
                 failure_config=ray.tune.FailureConfig(max_failures=cfg.search.max_failures),
             ),
         )
     tuner.fit()
+    meta["engine"].update(slots.stats())
     if store:  # the final tables read the trial logs Tune has now written to the bucket
         storage.download(store, cfg.name, run_dir, "tune")
     return tracker.write()
