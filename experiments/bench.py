@@ -346,10 +346,13 @@ def bench_search(quick: bool, search_args: list[str], before: Path | None = None
     figures = {"overhead_fraction": asha["overhead_fraction"], "search_start_s": asha["search_start_s"],
                "trial_start_latency_s": (asha["trial_start_latency_after_first_s"] or {}).get("median"),
                "quick_search_wall_s": asha["wall_s"]}
+    reasons = {}
+    if figures["trial_start_latency_s"] is None:
+        reasons["trial_start_latency_s"] = "fewer than 2 trials started their folds: no latency after the first"
     if before is not None:
         runs["before"] = run_before(before, base)
         runs["asha"]["wall_vs_before"] = asha["wall_s"] / runs["before"]["wall_s"]
-    return figures, runs, {}
+    return figures, runs, reasons
 
 
 def bench_hpo(quick: bool, hpo_args: list[str]) -> tuple[dict, dict, dict]:

@@ -14,7 +14,7 @@ bench = load_script("bench")
 
 TOP_LEVEL = {"throughput_img_s", "throughput_vs_compute_only", "throughput_vs_seed_pipeline", "mfu",
              "overhead_fraction", "asha_epoch_ratio", "asha_acc_gap", "time_to_93_s", "best_test_acc_15min",
-             "full_ensemble_test_acc", "machine", "versions", "repeats", "notes"}
+             "full_ensemble_test_acc", "trial_start_latency_s", "search_start_s", "quick_search_wall_s", "machine", "versions", "repeats", "notes"}
 FRACTIONS = ("mfu", "overhead_fraction", "best_test_acc_15min", "full_ensemble_test_acc")
 
 
@@ -85,6 +85,10 @@ def test_quick_run_writes_a_well_formed_bench_json(ray_local, tmp_path):
     search, hpo = b["notes"]["details"]["search"], b["notes"]["details"]["hpo"]
     assert set(search) == {"asha"} and set(hpo) == {"asha", "fifo"}
     assert 0 < search["asha"]["compute_s"] < search["asha"]["wall_s"]
+    # the warm-slot engine's figures come from the search's own summary.json (engine)
+    assert 0 < b["search_start_s"] < b["quick_search_wall_s"] == search["asha"]["wall_s"]
+    assert search["asha"]["trial_start_latency_s"]["n"] == search["asha"]["trials"]
+    assert b["trial_start_latency_s"] == search["asha"]["trial_start_latency_after_first_s"]["median"] >= 0
     assert hpo["fifo"]["epochs_run_total"] == 2 * 2  # FIFO: every trial to max_t
     assert b["asha_epoch_ratio"] == pytest.approx(4 / hpo["asha"]["epochs_run_total"])
     assert set(b["notes"]["runs"]) == {"throughput", "search", "hpo", "accuracy", "ensemble"}
@@ -104,7 +108,7 @@ def test_the_markdown_table_shows_each_figure_against_its_goal(tmp_path):
     assert text.startswith("# Benchmarks\n\nintro\n\n<!-- bench.py table: begin -->") and text.endswith("-->\n\nafter\n")
     assert "stale row" not in text and text.count("<!-- bench.py table: begin -->") == 1
     rows = {line.split("`")[1]: line.split(" | ")[1:] for line in text.splitlines() if line.startswith("| `")}
-    assert len(rows) == 10
+    assert len(rows) == 13
     assert rows["mfu"] == ["0.61", ">= 0.60", "yes |"]
     assert rows["overhead_fraction"] == ["0.5", "<= 0.15", "**no** |"]
     assert rows["asha_epoch_ratio"] == ["3.2", ">= 3", "yes |"]
