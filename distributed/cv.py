@@ -84,8 +84,11 @@ def restore_rng(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
 
 
-def load_fold_state(path: str, device: torch.device) -> dict:
-    return torch.load(io.BytesIO(storage.read_file(path)), map_location=device, weights_only=False)
+def load_fold_state(path: str) -> dict:
+    """A fold checkpoint, every tensor on the CPU: load_state_dict copies weights onto the model's device and
+    the optimizer casts its state to its parameters' device, while the RNG states must stay CPU ByteTensors
+    (with map_location=<cuda device> torch.set_rng_state raised "RNG state must be a torch.ByteTensor")."""
+    return torch.load(io.BytesIO(storage.read_file(path)), map_location="cpu", weights_only=False)
 
 
 class Fold:
@@ -115,7 +118,7 @@ def run_fold(job: dict, fold: Fold, cfg, run_root: str, coordinator, node: dict)
     optimizer, scheduler = make_optimizer(model, train_cfg, steps_per_epoch(len(fold.x_tr), train_cfg.batch_size))
     start_epoch, history = latest_fold_epoch(run_root, trial_id, k), []
     if start_epoch:
-        state = load_fold_state(f"{epoch_dir(run_root, trial_id, start_epoch)}/fold_{k}.pt", device)
+        state = load_fold_state(f"{epoch_dir(run_root, trial_id, start_epoch)}/fold_{k}.pt")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
