@@ -6,7 +6,8 @@ import argparse
 import sys
 import typing
 
-from distributed.config import PRESETS, TOP_LEVEL, ConfigError, ExperimentConfig, leaf_fields, override
+from distributed.config import (PRESETS, TOP_LEVEL, ConfigError, ExperimentConfig, choose_preset, leaf_fields,
+                                override)
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
@@ -40,8 +41,11 @@ def _converter(type_text: str):
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """--preset, --name, --storage-path, --resume, then one flag per leaf field of the config tree."""
-    parser.add_argument("--preset", default="quick", help=f"one of {', '.join(PRESETS)} (default: quick)")
-    parser.add_argument("--name", help="run name: results go to STORAGE_PATH/NAME (default: the preset's name)")
+    parser.add_argument("--preset", help=f"one of {', '.join(PRESETS)}; default: full when the search will train on "
+                                         f"GPUs (--num-gpus > 0, or GPUs visible; with --address, GPUs the cluster "
+                                         f"can scale to), quick on the CPU; with --resume, the stored run's")
+    parser.add_argument("--name", help="run name: results go to STORAGE_PATH/NAME "
+                                       "(default: PRESET-YYYYmmdd-HHMMSS, a new run each time)")
     parser.add_argument("--storage-path", help="parent directory of run directories (default: results)")
     parser.add_argument("--resume", action="store_true", help="continue the run directory of --name")
     groups: dict[str, argparse._ArgumentGroup] = {}
@@ -55,12 +59,43 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                            help=f"{section}.{name} (base default {shown})")
 
 
-def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
-    if args.preset not in PRESETS:
+def preset_from_args(args: argparse.Namespace,
+                     join_cluster: typing.Callable[[], None]) -> tuple[str, str | None]:
+    """The run's preset and why (choose_preset), from the flags and, only where they decide it, the GPUs:
+    those visible to this machine, or with --address what the cluster can scale to (join_cluster() first
+    connects to it). A resume reads its stored preset and probes nothing; why is None for a resume whose
+    stored config cannot be read (prepare_run refuses it, saying why)."""
+    if args.resume and not args.name:
+        raise ConfigError("--resume needs --name: the run to continue (a directory under --storage-path)")
+    if args.preset is not None and args.preset not in PRESETS:
         raise ConfigError(f"--preset {args.preset}: unknown preset; choose one of {', '.join(PRESETS)}")
-    cfg = PRESETS[args.preset]
+    num_gpus, address = getattr(args, "num_gpus", None), getattr(args, "address", None)
+    stored, gpus = None, 0.0
+    if args.resume and args.preset is None:
+        from distributed.run import stored_preset
+        default = ExperimentConfig()
+        stored = stored_preset(args.storage_path or default.storage_path, args.name)
+        if stored is None:  # a placeholder: prepare_run refuses this resume
+            return default.preset, None
+    elif args.preset is None and num_gpus is None and address:
+        from distributed.cluster import capacity
+        join_cluster()
+        gpus = capacity()["GPU"]
+    elif args.preset is None and num_gpus is None:
+        from distributed.cluster import visible_gpus
+        gpus = visible_gpus()
+    return choose_preset(args.preset, num_gpus, gpus, stored, cluster=bool(address))
+
+
+def config_from_args(args: argparse.Namespace, preset: str) -> ExperimentConfig:
+    """PRESETS[preset] (see preset_from_args) with the flags' values, named --name or PRESET-YYYYmmdd-HHMMSS."""
+    from distributed.run import default_run_name
+    if preset not in PRESETS:
+        raise ConfigError(f"--preset {preset}: unknown preset; choose one of {', '.join(PRESETS)}")
+    cfg = PRESETS[preset]
     values = {k: v for k, v in vars(args).items() if k in leaf_fields()}
-    top = {"name": args.name or args.preset, "storage_path": args.storage_path or cfg.storage_path,
+    storage_path = args.storage_path or cfg.storage_path
+    top = {"name": args.name or default_run_name(preset, storage_path), "storage_path": storage_path,
            "resume": args.resume}
     assert set(top) <= set(TOP_LEVEL)
     return override(cfg, **top, **values)

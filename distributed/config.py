@@ -152,6 +152,32 @@ PRESETS: dict[str, ExperimentConfig] = {
 }
 
 
+def choose_preset(explicit: str | None, num_gpus: float | None, gpus: float, stored: str | None = None,
+                  cluster: bool = False) -> tuple[str, str]:
+    """The preset of a run when --preset may be absent, and why (tune.py prints "preset P: WHY").
+
+    explicit: --preset, None when not given; num_gpus: --num-gpus, None when not given (the search then uses
+    every GPU there is); gpus: the GPUs there are: visible to this machine, or with cluster=True the most the
+    joined Ray cluster can scale to; stored: the preset in config.json of the run --resume continues (None:
+    not a resume). An explicit --preset wins; a resume keeps its run's preset; otherwise a search that
+    trains on GPUs gets the full preset and one on the CPU the quick one.
+    """
+    if explicit is not None:
+        return explicit, "given by --preset"
+    if stored is not None:
+        return stored, "the stored run's, which --resume continues"
+    if num_gpus is not None and num_gpus > 0:
+        return "full", f"--num-gpus {num_gpus:g}; pass --preset quick for a short run"
+    if num_gpus is not None:  # --num-gpus 0 turns the GPUs off
+        return "quick", "--num-gpus 0 trains on the CPU; pass --preset full for the whole search"
+    if gpus > 0:
+        count = f"{gpus:g} GPU{'' if gpus == 1 else 's'}"
+        seen = f"the Ray cluster can scale to {count}" if cluster else f"{count} visible"
+        return "full", f"{seen}; pass --preset quick for a short run"
+    seen = "the Ray cluster has no GPUs" if cluster else "no GPU visible"
+    return "quick", f"{seen}, training on the CPU; pass --preset full for the whole search"
+
+
 def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
     d = dataclasses.asdict(cfg)
     d["search"]["space"] = list(cfg.search.space)

@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 from distributed import data as fm
 from distributed import storage
-from distributed.config import ConfigError, ExperimentConfig, load, to_dict
+from distributed.config import PRESETS, ConfigError, ExperimentConfig, load, to_dict
 from distributed.folds import make_folds, split_fingerprint
 
 # Fields that define what a run's numbers mean: a resumed run must keep them.
 RESUME_INVARIANTS = {
+    "preset": lambda c: c.preset,
     "cv.folds": lambda c: c.cv.folds, "cv.fold_seed": lambda c: c.cv.fold_seed,
     "data.limit_train": lambda c: c.data.limit_train, "data.subset_seed": lambda c: c.data.subset_seed,
     "search.space": lambda c: tuple(c.search.space), "search.search_seed": lambda c: c.search.search_seed,
@@ -31,6 +33,44 @@ def versions() -> dict:
     import ray
     import torch
     return {"ray": ray.__version__, "torch": torch.__version__, "optuna": optuna.__version__}
+
+
+def run_exists(storage_path: str, name: str) -> bool:
+    """Is there a run called name: the local (working copy of the) run directory, or URI/NAME in a bucket."""
+    store = storage.parse_storage_uri(storage_path)
+    return (storage.local_run_dir(storage_path, name).exists()
+            or (store is not None and storage.remote_run_exists(store, name)))
+
+
+def default_run_name(preset: str, storage_path: str, now: datetime | None = None) -> str:
+    """PRESET-YYYYmmdd-HHMMSS, the name of a run started without --name: a new run every time. A second run
+    started within the same second gets the first free of -2, -3, ... (start_run_dir makes the directory
+    atomically, so two runs racing for one name can never share it)."""
+    name = f"{preset}-{(now or datetime.now()).strftime('%Y%m%d-%H%M%S')}"
+    candidate, n = name, 1
+    while run_exists(storage_path, candidate):
+        n += 1
+        candidate = f"{name}-{n}"
+    return candidate
+
+
+def stored_preset(storage_path: str, name: str) -> str | None:
+    """The preset in config.json of the run --resume continues (the local copy, else the bucket's); None when
+    there is no readable config.json or its preset is unknown: prepare_run then refuses the resume, saying why."""
+    local = storage.local_run_dir(storage_path, name) / "config.json"
+    try:
+        if local.is_file():
+            text = local.read_text()
+        else:
+            store = storage.parse_storage_uri(storage_path)
+            if store is None:
+                return None
+            with storage.open_store(store).open_input_stream(store.fs_path(name, "config.json")) as f:
+                text = f.read().decode()
+        preset = json.loads(text).get("preset", ExperimentConfig().preset)  # as load() reads it
+    except Exception:  # missing, unreadable, truncated or not this tool's: prepare_run says which
+        return None
+    return preset if preset in PRESETS else None
 
 
 def prepare_run(cfg: ExperimentConfig) -> tuple[Path, dict, dict]:
@@ -101,6 +141,13 @@ def _check_run(cfg: ExperimentConfig, run_dir: Path) -> tuple[Path, dict, dict]:
 
 
 def start_run_dir(run_dir: Path, cfg: ExperimentConfig) -> None:
+    """Make the run directory (a new run's atomically: one made by another run since prepare_run looked is
+    refused, never shared) and write the effective config into it."""
     from distributed.io import write_json_atomic
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(exist_ok=cfg.resume)
+    except FileExistsError:
+        raise ConfigError(f"run directory {run_dir} was made by another run since this one started: "
+                          f"start again, or choose another --name") from None
     write_json_atomic(run_dir / "config.json", to_dict(cfg))

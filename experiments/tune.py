@@ -2,11 +2,13 @@
 
 Each trial is a Ray Train run of K workers, one per fold; ASHA stops weak trials on the fold-mean
 validation accuracy. Results go to results/NAME (summary.json, trials.parquet, epochs.parquet, optuna.db).
+Without --preset the preset follows the hardware: full when the search trains on GPUs, quick on the CPU;
+without --name each run is a new one, PRESET-YYYYmmdd-HHMMSS.
 
-    python experiments/tune.py                          # the quick preset, on whatever this machine has
-    python experiments/tune.py --num-gpus 4 --preset full
-    python experiments/tune.py --address auto --num-gpus 8 --preset full --storage-path /mnt/shared
-    python experiments/tune.py --name quick --resume    # continue an interrupted run
+    python experiments/tune.py                          # quick on a CPU, full on the GPUs it sees
+    python experiments/tune.py --num-gpus 4             # the full preset on a 4-GPU box
+    python experiments/tune.py --address auto --storage-path /mnt/shared   # a cluster: full if it scales to GPUs
+    python experiments/tune.py --name quick-20261125-101500 --resume       # continue an interrupted run
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distributed.cli import ArgumentParser, add_config_flags, config_from_args, fail  # noqa: E402
+from distributed.cli import (ArgumentParser, add_config_flags, config_from_args, fail,  # noqa: E402
+                             preset_from_args)
 from distributed.config import METRIC, ConfigError, validate  # noqa: E402
 from distributed.run import prepare_run, start_run_dir  # noqa: E402
 
@@ -26,11 +29,24 @@ def main(argv=None) -> int:
     parser.add_argument("--ray-logs", action="store_true",
                         help="stream Ray's worker and Train logs (default: only this script's progress lines)")
     args = parser.parse_args(argv)
-    try:  # everything that can be wrong with the input is found here, before Ray starts
-        cfg = config_from_args(args)
+    joined = []  # with --address and no --preset, what the cluster can scale to chooses the preset
+
+    def join_cluster():
+        from distributed.tuner import init_ray
+        init_ray(args.address, log_to_driver=args.ray_logs, configure_logging=args.ray_logs)
+        joined.append(args.address)
+
+    try:  # everything that can be wrong with the input is found here, before Ray starts (or only joined)
+        preset, why = preset_from_args(args, join_cluster)
+        cfg = config_from_args(args, preset)
         validate(cfg)
+        if why:
+            print(f"preset {cfg.preset}: {why}", flush=True)
         run_dir, shared, meta = prepare_run(cfg)
     except ConfigError as e:
+        if joined:
+            import ray
+            ray.shutdown()
         fail(f"tune.py: error: {e}")
 
     import ray
@@ -44,11 +60,11 @@ def main(argv=None) -> int:
         res = plan_resources(cfg, ray.cluster_resources())  # e.g. --num-gpus beyond what the cluster has
         check_shared_storage(cfg.storage_path)  # multi-node: every node must see the run directory
         check_cuda(res)  # a GPU that Ray assigns but torch cannot use: say so now, not deep in a fold worker
+        start_run_dir(run_dir, cfg)  # a new run's directory made atomically: never shared with another run
     except ConfigError as e:
         ray.shutdown()
         fail(f"tune.py: error: {e}")
 
-    start_run_dir(run_dir, cfg)
     print(f"run directory: {run_dir}  ({meta['n_train']} training images, {cfg.cv.folds} folds, "
           f"{cfg.search.num_samples} trials x up to {cfg.train.epochs} epochs)", flush=True)
     summary = run_search(cfg, run_dir, shared, meta)
@@ -57,7 +73,8 @@ def main(argv=None) -> int:
           f"{summary['n_trials_pruned']} pruned, {summary['n_trials_errored']} errored; "
           f"{summary['epochs_run_total']} trial-epochs in {summary['wall_s']:.0f} s")
     if summary["best_trial_id"] is None:
-        print("no trial completed its full budget: no best configuration", file=sys.stderr)
+        print(f"no trial completed its full budget: no best configuration (run directory: {run_dir}/)",
+              file=sys.stderr)
         return 1
     cv = summary["best_cv"]
     print(f"best trial {summary['best_trial_id']}: {METRIC} {cv['val_acc_mean']:.4f} ± {cv['val_acc_std']:.4f}, "

@@ -1,10 +1,10 @@
-"""The config tree: presets, overrides by name, validation messages, round trips."""
+"""The config tree: presets, overrides by name, validation messages, round trips, the default preset."""
 import dataclasses
 
 import pytest
 
-from distributed.config import (PRESETS, SEARCHABLE, ConfigError, ExperimentConfig, apply_hparams, from_dict,
-                                leaf_fields, override, to_dict, validate)
+from distributed.config import (PRESETS, SEARCHABLE, ConfigError, ExperimentConfig, apply_hparams, choose_preset,
+                                from_dict, leaf_fields, override, to_dict, validate)
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -47,7 +47,7 @@ def test_leaf_names_unique_and_cover_searchable():
     (dict(depth=4), "--depth 4: must be 1, 2 or 3"),
     (dict(scheduler="hyperband"), "--scheduler hyperband: choose 'asha' or 'fifo'"),
     (dict(space=("lr", "momentum")), "--space momentum: not searchable"),
-    (dict(grace_period=9), r"--grace-period 9: must be between 1 and --epochs \(5\)"),
+    (dict(grace_period=9), r"--grace-period 9: must be between 1 and --epochs \(6\)"),
     (dict(num_gpus=-1.0), "--num-gpus -1.0: must be >= 0"),
     (dict(gpus_per_worker=1.5), r"--gpus-per-worker 1.5: must be in \(0, 1\]"),
     (dict(preset="huge"), "unknown preset 'huge'"),
@@ -75,3 +75,26 @@ def test_flip_tta_is_a_train_field_off_for_smoke_and_on_for_quick_and_full():
     d = to_dict(PRESETS["smoke"])
     del d["train"]["tta_flip"]
     assert from_dict(d).train.tta_flip is False
+
+
+# (--preset, --num-gpus, GPUs there are, stored preset of a --resume, cluster?) -> (preset, the reason says)
+PRESET_CHOICES = [
+    ((None, None, 0, None, False), ("quick", "no GPU visible, training on the CPU; pass --preset full")),  # CPU only
+    ((None, 4.0, 4, None, False), ("full", "--num-gpus 4; pass --preset quick for a short run")),  # 4 GPUs
+    ((None, None, 4, None, False), ("full", "4 GPUs visible; pass --preset quick")),  # plain tune.py on a GPU box
+    ((None, None, 1, None, False), ("full", "1 GPU visible;")),
+    ((None, 0.0, 4, None, False), ("quick", "--num-gpus 0 trains on the CPU")),  # GPUs turned off
+    (("smoke", 4.0, 4, None, False), ("smoke", "given by --preset")),  # an explicit --preset wins
+    (("full", 0.0, 0, None, False), ("full", "given by --preset")),
+    (("quick", None, 8, "full", False), ("quick", "given by --preset")),  # ... even on --resume
+    ((None, None, 8, "smoke", False), ("smoke", "the stored run's")),  # --resume: no new guess
+    ((None, 0.0, 0, "full", False), ("full", "the stored run's")),
+    ((None, None, 16, None, True), ("full", "the Ray cluster can scale to 16 GPUs")),  # --address
+    ((None, None, 0, None, True), ("quick", "the Ray cluster has no GPUs, training on the CPU")),
+]
+
+
+@pytest.mark.parametrize("given, expected", PRESET_CHOICES, ids=[str(c[0]) for c in PRESET_CHOICES])
+def test_choose_preset_known_answers(given, expected):
+    preset, why = choose_preset(*given)
+    assert preset == expected[0] and expected[1] in why
