@@ -61,6 +61,16 @@ def init_ray(address: str | None, **kwargs) -> None:
         del os.environ["RAY_GCS_SERVER_PORT"]  # only for the instance started here
 
 
+def offered(cfg: ExperimentConfig) -> dict:
+    """What the search may plan for: a local instance's resources; with --address, what the cluster can scale
+    to (an autoscaling cluster starts with its head alone: the slots' pending worker groups are the demand
+    that makes the autoscaler add nodes, and Slots.start waits for them)."""
+    if cfg.resources.address:
+        from distributed.cluster import capacity
+        return capacity()
+    return ray.cluster_resources()
+
+
 MIN_GPU_WORKER_CPU = 0.25  # below this a fold worker's data and Python overhead starve its GPU share
 
 
@@ -166,7 +176,7 @@ def make_scheduler(cfg: ExperimentConfig):
 def run_search(cfg: ExperimentConfig, run_dir: Path, shared: dict, meta: dict) -> dict:
     """Run (or resume) the search; return the summary dict. Ray must already be initialised."""
     run_dir = run_dir.resolve()  # Ray's storage layer takes absolute paths or URIs only
-    res = plan_resources(cfg, ray.cluster_resources())
+    res = plan_resources(cfg, offered(cfg))
     meta["devices"] = {"num_gpus": res["num_gpus"], "gpus_per_worker": res["gpu"], "cpus_per_worker": res["cpu"],
                        "concurrent_trials": res["concurrent"], "cluster": res["cluster"]}
     print(f"resources: {cfg.cv.folds} fold workers per trial x ({res['cpu']:g} CPU, {res['gpu']:g} GPU); "

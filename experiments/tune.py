@@ -52,12 +52,12 @@ def main(argv=None) -> int:
     import ray
     from distributed.slots import check_cuda
     from distributed.storage import check_shared_storage
-    from distributed.tuner import init_ray, plan_resources, run_search
+    from distributed.tuner import init_ray, offered, plan_resources, run_search
 
     if not ray.is_initialized():  # a fresh local instance unless --address joins a running cluster
         init_ray(cfg.resources.address, log_to_driver=args.ray_logs, configure_logging=args.ray_logs)
     try:
-        res = plan_resources(cfg, ray.cluster_resources())  # e.g. --num-gpus beyond what the cluster has
+        res = plan_resources(cfg, offered(cfg))  # e.g. --num-gpus beyond what the cluster has (or can scale to)
         check_shared_storage(cfg.storage_path)  # multi-node: every node must see the run directory
         check_cuda(res)  # a GPU that Ray assigns but torch cannot use: say so now, not deep in a fold worker
         start_run_dir(run_dir, cfg)  # a new run's directory made atomically: never shared with another run
