@@ -44,7 +44,10 @@ def test_a_work_dir_in_use_is_refused_and_left_alone(tmp_path):
 
 
 def test_make_gpu_check_sets_up_the_data_then_runs_the_script():
-    out = subprocess.run(["make", "-n", "gpu-check"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    # under `make test` the sub-make would print "Entering/Leaving directory" lines (MAKELEVEL is inherited)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    out = subprocess.run(["make", "-n", "--no-print-directory", "gpu-check", "ARGS="], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     data = next(i for i, line in enumerate(lines) if "-m distributed.data" in line)
