@@ -17,7 +17,6 @@ Invariants it keeps (issue "warm fold workers"):
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -46,7 +45,6 @@ def fold_mean(folds: list[dict]) -> dict:
 class TrialState:
     trial_id: str
     hparams: dict
-    submitted_at: float
     slot: int | None = None
     folds: dict[int, dict[int, dict]] = field(default_factory=dict)  # epoch -> fold -> metrics
     checkpoints: dict[int, str] = field(default_factory=dict)        # epoch -> checkpoint directory
@@ -100,7 +98,7 @@ class Coordinator:
     async def submit(self, trial_id: str, hparams: dict) -> None:
         """Queue a trial. A trial submitted again (Tune restarted its client) keeps its state and its slot."""
         if trial_id not in self.trials:
-            self.trials[trial_id] = TrialState(trial_id, hparams, time.time())
+            self.trials[trial_id] = TrialState(trial_id, hparams)
             self.queue.append(trial_id)
         t = self.trials[trial_id]
         if t.stopped and not t.finished and t.error is None:  # Tune retried a trial it had ended: run it again
@@ -115,7 +113,7 @@ class Coordinator:
         """Aggregated epochs from `cursor` on, waiting up to `timeout` s for one; and whether the trial is over."""
         t = self.trials[trial_id]
         await self._wait(lambda: len(t.results) > cursor or t.over, timeout)
-        return {"results": t.results[cursor:], "finished": t.finished and len(t.results) >= self.epochs,
+        return {"results": t.results[cursor:], "finished": t.finished,
                 "error": t.error, "stopped": t.stopped}
 
     # ------------------------------------------------------------------ the driver side (slots.SlotCallback)

@@ -69,7 +69,6 @@ class Slots:
         self.cfg, self.res, self.data_ref, self.run_root = cfg, res, data_ref, run_root
         self.n = res["concurrent"]
         self.threads: list[threading.Thread] = []
-        self.errors: dict[int, str] = {}
         self.coordinator = None
 
     def start(self) -> float:
@@ -117,7 +116,6 @@ class Slots:
             trainer.fit()
         except Exception as e:  # the slot is gone (worker group failed too often, or could not start)
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            self.errors[i] = first
             try:
                 ray.get(self.coordinator.slot_failed.remote(i, f"slot {i}'s Train run failed: {first}"))
             except Exception:  # the search is shutting down
