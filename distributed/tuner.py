@@ -173,10 +173,10 @@ def make_scheduler(cfg: ExperimentConfig):
         reduction_factor=cfg.search.reduction_factor)
 
 
-def run_search(cfg: ExperimentConfig, run_dir: Path, shared: dict, meta: dict) -> dict:
-    """Run (or resume) the search; return the summary dict. Ray must already be initialised."""
+def run_search(cfg: ExperimentConfig, run_dir: Path, shared: dict, meta: dict, res: dict) -> dict:
+    """Run (or resume) the search on the plan `res` (plan_resources, checked by the CLI before any work);
+    return the summary dict. Ray must already be initialised."""
     run_dir = run_dir.resolve()  # Ray's storage layer takes absolute paths or URIs only
-    res = plan_resources(cfg, offered(cfg))
     meta["devices"] = {"num_gpus": res["num_gpus"], "gpus_per_worker": res["gpu"], "cpus_per_worker": res["cpu"],
                        "concurrent_trials": res["concurrent"], "cluster": res["cluster"]}
     print(f"resources: {cfg.cv.folds} fold workers per trial x ({res['cpu']:g} CPU, {res['gpu']:g} GPU); "

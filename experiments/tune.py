@@ -67,7 +67,7 @@ def main(argv=None) -> int:
 
     print(f"run directory: {run_dir}  ({meta['n_train']} training images, {cfg.cv.folds} folds, "
           f"{cfg.search.num_samples} trials x up to {cfg.train.epochs} epochs)", flush=True)
-    summary = run_search(cfg, run_dir, shared, meta)
+    summary = run_search(cfg, run_dir, shared, meta, res)
 
     print(f"\n{summary['n_trials']} trials: {summary['n_trials_completed']} completed, "
           f"{summary['n_trials_pruned']} pruned, {summary['n_trials_errored']} errored; "
