@@ -1,0 +1,165 @@
+"""The model directory (results/NAME/model/): how it is written and how it is checked before use.
+
+    model.json                  what is inside: classes, input/output, each model's files and figures,
+                                the sha256 of every file, and an export_id
+    <name>.onnx                 each model in ONNX (input "images" uint8 (N, 28, 28), output "probs" (N, 10))
+    <name>.torchscript.pt       the same model in TorchScript
+    MODEL_CARD.md               for people
+
+<name> is "ensemble" (the K fold models) and, after `export.py --refit`, "single". The export_id is also
+stored inside every model file (ONNX metadata, a TorchScript extra file), so a file copied in from another
+export is refused even when its checksum was edited into model.json.
+
+This module imports no torch at import time: predict.py checks a directory with it and runs onnxruntime.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+FORMAT = "fashion-mnist-tune/model"
+FORMAT_VERSION = 1
+INPUT_NAME, OUTPUT_NAME = "images", "probs"
+EXPORT_ID_KEY = "export_id"  # ONNX metadata_props key and TorchScript extra-file name
+
+
+class BundleError(Exception):
+    """A model directory that is missing, incomplete, tampered with or mixed from two exports (one line)."""
+
+
+def onnx_file(name: str) -> str:
+    return f"{name}.onnx"
+
+
+def torchscript_file(name: str) -> str:
+    return f"{name}.torchscript.pt"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def new_export_id() -> str:
+    return uuid.uuid4().hex
+
+
+# ---- writing (torch, onnx)
+
+def save_torchscript(module, path: Path, export_id: str) -> None:
+    import torch
+    scripted = torch.jit.script(module)
+    torch.jit.save(scripted, str(path), _extra_files={EXPORT_ID_KEY: export_id})
+
+
+def save_onnx(module, path: Path, export_id: str) -> None:
+    """ONNX through torch.export (the dynamo exporter), a dynamic batch dimension, the export_id as metadata."""
+    import contextlib
+    import io
+
+    import onnx
+    import torch
+    sample = torch.zeros(2, 28, 28, dtype=torch.uint8)
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
+        program = torch.onnx.export(module, (sample,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                    dynamic_shapes=({0: torch.export.Dim("N")},), dynamo=True,
+                                    external_data=False, verbose=False)
+    proto = program.model_proto
+    proto.metadata_props.add(key=EXPORT_ID_KEY, value=export_id)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def write_bundle(out: Path, modules: dict, meta: dict, extra_files: dict[str, bytes] | None = None) -> Path:
+    """Write `out` (a model directory) whole or not at all; an existing `out` is replaced only at the end.
+
+    modules: name -> torch module (uint8 (N, 28, 28) -> probs (N, 10)); meta: the rest of model.json (its
+    "models" entries may already hold figures per name; file names and checksums are added here);
+    extra_files: more files (MODEL_CARD.md), written as given. Returns `out`.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    export_id = meta.setdefault(EXPORT_ID_KEY, new_export_id())
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        models = meta.setdefault("models", {})
+        for name, module in modules.items():
+            save_torchscript(module, tmp / torchscript_file(name), export_id)
+            save_onnx(module, tmp / onnx_file(name), export_id)
+            models.setdefault(name, {}).update(onnx=onnx_file(name), torchscript=torchscript_file(name))
+        for fname, data in (extra_files or {}).items():
+            (tmp / fname).write_bytes(data)
+        meta["files"] = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size}
+                         for p in sorted(tmp.iterdir())}
+        meta.update(format=FORMAT, format_version=FORMAT_VERSION)
+        (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+        os.chmod(tmp, 0o755)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def replace_dir(new: Path, out: Path) -> None:
+    """Rename `new` to `out`; an existing `out` moves aside first and is deleted after."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        os.rmdir(old)
+        os.replace(out, old)
+    os.replace(new, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---- checking (no torch)
+
+def read_meta(model_dir: Path) -> dict:
+    """model.json of a model directory, its format checked, and every file it lists checked by size and sha256."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise BundleError(f"{model_dir}: not a directory (expected a model directory written by "
+                          f"experiments/export.py)")
+    path = model_dir / "model.json"
+    if not path.is_file():
+        raise BundleError(f"{model_dir}: no model.json; not a model directory written by experiments/export.py")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{path}: unreadable ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise BundleError(f"{path}: not a model.json of experiments/export.py (format is not '{FORMAT}')")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{path}: format version {meta.get('format_version')}, this code reads "
+                          f"{FORMAT_VERSION}: export the run again")
+    files = meta.get("files")
+    if not isinstance(files, dict) or not files:
+        raise BundleError(f"{path}: lists no files")
+    for name, info in files.items():
+        f = model_dir / name
+        if not f.is_file():
+            raise BundleError(f"{model_dir}: {name} is missing (the directory is incomplete): export again")
+        if f.stat().st_size != info.get("bytes") or sha256(f) != info.get("sha256"):
+            raise BundleError(f"{f}: its checksum differs from model.json's (modified or from another "
+                              f"export): export again")
+    for name, entry in meta.get("models", {}).items():
+        for key in ("onnx", "torchscript"):
+            if entry.get(key) not in files:
+                raise BundleError(f"{path}: model '{name}' names {key} file {entry.get(key)!r}, "
+                                  f"which model.json does not list")
+    return meta
+
+
+def check_embedded_id(path: Path, found: str | None, meta: dict) -> None:
+    if found != meta[EXPORT_ID_KEY]:
+        raise BundleError(f"{path}: comes from another export (export_id {found}, model.json says "
+                          f"{meta[EXPORT_ID_KEY]}): export again")
