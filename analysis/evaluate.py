@@ -27,6 +27,7 @@ import torch
 
 from distributed import data as fm
 from distributed.config import ConfigError, ModelConfig, TrainConfig
+from distributed.cv import load_checkpoint
 from distributed.folds import make_folds, split_fingerprint
 from distributed.model import make_model
 from distributed.train import predict
@@ -126,7 +127,7 @@ def inference_devices(folds: int, num_gpus: int | None, available: int) -> list[
 
 def load_fold_model(path: Path, device: str, fold: int, epochs: int) -> tuple[torch.nn.Module, TrainConfig]:
     """The fold's model in eval mode and the TrainConfig its worker trained and validated it with."""
-    state = torch.load(path, map_location=device, weights_only=False)
+    state = load_checkpoint(path, path, map_location=device)  # weights_only: refuses pickled objects
     if state["fold"] != fold or state["epoch"] != epochs:
         raise ConfigError(f"{path}: holds fold {state['fold']} at epoch {state['epoch']}, "
                           f"expected fold {fold} at epoch {epochs}")

@@ -22,6 +22,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from distributed.io import _json_default  # numpy numbers in the figures
+
 FORMAT = "fashion-mnist-tune/model"
 FORMAT_VERSION = 1
 INPUT_NAME, OUTPUT_NAME = "images", "probs"
@@ -54,10 +56,31 @@ def new_export_id() -> str:
 
 # ---- writing (torch, onnx)
 
+# torch 2.14 marks torch.jit deprecated (FutureWarning) in favour of torch.export; TorchScript is still the
+# format that loads in plain libtorch (C++) with no Python, which is why the issue asks for it.
+_JIT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated"
+
+
 def save_torchscript(module, path: Path, export_id: str) -> None:
+    import warnings
+
     import torch
-    scripted = torch.jit.script(module)
-    torch.jit.save(scripted, str(path), _extra_files={EXPORT_ID_KEY: export_id})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", _JIT_DEPRECATION, FutureWarning)
+        torch.jit.save(torch.jit.script(module), str(path), _extra_files={EXPORT_ID_KEY: export_id})
+
+
+def load_torchscript(path: Path, device: str = "cpu"):
+    """(module, the export_id stored in it)."""
+    import warnings
+
+    import torch
+    extra = {EXPORT_ID_KEY: ""}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", _JIT_DEPRECATION, FutureWarning)
+        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    found = extra[EXPORT_ID_KEY]
+    return module.eval(), found.decode() if isinstance(found, bytes) else found
 
 
 def save_onnx(module, path: Path, export_id: str) -> None:
@@ -78,35 +101,64 @@ def save_onnx(module, path: Path, export_id: str) -> None:
     onnx.save(proto, str(path))
 
 
-def write_bundle(out: Path, modules: dict, meta: dict, extra_files: dict[str, bytes] | None = None) -> Path:
-    """Write `out` (a model directory) whole or not at all; an existing `out` is replaced only at the end.
+class Staging:
+    """A model directory being written: files go to a hidden sibling directory, which becomes `out` only in
+    finish(). Leaving the `with` block by an exception (a failed parity check, a crash) removes it, and an
+    existing `out` stays as it was.
 
-    modules: name -> torch module (uint8 (N, 28, 28) -> probs (N, 10)); meta: the rest of model.json (its
-    "models" entries may already hold figures per name; file names and checksums are added here);
-    extra_files: more files (MODEL_CARD.md), written as given. Returns `out`.
+        with Staging(out) as stage:
+            stage.save_model("ensemble", module)        # TorchScript + ONNX, the export_id inside both
+            ...check stage.path("ensemble.onnx")...
+            stage.finish(meta, {"MODEL_CARD.md": text})  # model.json with every file's sha256; rename
     """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    export_id = meta.setdefault(EXPORT_ID_KEY, new_export_id())
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        models = meta.setdefault("models", {})
-        for name, module in modules.items():
-            save_torchscript(module, tmp / torchscript_file(name), export_id)
-            save_onnx(module, tmp / onnx_file(name), export_id)
-            models.setdefault(name, {}).update(onnx=onnx_file(name), torchscript=torchscript_file(name))
+
+    def __init__(self, out, export_id: str | None = None):
+        self.out = Path(out)
+        self.export_id = export_id or new_export_id()
+        self.dir: Path | None = None
+        self.models: dict[str, dict] = {}
+
+    def __enter__(self) -> "Staging":
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.tmp-"))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.dir is not None and self.dir.exists():
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def save_model(self, name: str, module) -> dict:
+        """Both formats of one model; returns its model.json entry (file names)."""
+        save_torchscript(module, self.path(torchscript_file(name)), self.export_id)
+        save_onnx(module, self.path(onnx_file(name)), self.export_id)
+        self.models[name] = {"onnx": onnx_file(name), "torchscript": torchscript_file(name)}
+        return self.models[name]
+
+    def finish(self, meta: dict, extra_files: dict[str, bytes] | None = None) -> Path:
         for fname, data in (extra_files or {}).items():
-            (tmp / fname).write_bytes(data)
+            self.path(fname).write_bytes(data)
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, EXPORT_ID_KEY: self.export_id, **meta}
+        models = meta.setdefault("models", {})
+        for name, files in self.models.items():
+            models[name] = {**files, **models.get(name, {})}
         meta["files"] = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size}
-                         for p in sorted(tmp.iterdir())}
-        meta.update(format=FORMAT, format_version=FORMAT_VERSION)
-        (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
-        os.chmod(tmp, 0o755)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+                         for p in sorted(self.dir.iterdir())}
+        self.path("model.json").write_text(json.dumps(meta, indent=2, default=_json_default) + "\n")
+        os.chmod(self.dir, 0o755)  # mkdtemp makes 0700
+        replace_dir(self.dir, self.out)
+        return self.out
+
+
+def write_bundle(out, modules: dict, meta: dict, extra_files: dict[str, bytes] | None = None) -> Path:
+    """A model directory in one go: modules is name -> torch module (uint8 (N, 28, 28) -> probs (N, 10)),
+    meta the rest of model.json, extra_files more files to include (written as given)."""
+    with Staging(out) as stage:
+        for name, module in modules.items():
+            stage.save_model(name, module)
+        return stage.finish(dict(meta), extra_files)
 
 
 def replace_dir(new: Path, out: Path) -> None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
+import re
 import signal
 import time
 import traceback
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 
 from distributed import storage
-from distributed.config import apply_hparams, from_dict
+from distributed.config import ConfigError, apply_hparams, from_dict
 from distributed.model import make_model
 from distributed.train import evaluate, make_optimizer, steps_per_epoch, train_one_epoch
 
@@ -84,11 +86,26 @@ def restore_rng(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
 
 
+def load_checkpoint(source, name, map_location="cpu") -> dict:
+    """torch.load with weights_only=True: tensors, numbers, strings and containers, never arbitrary objects.
+
+    A fold checkpoint holds nothing else, so a file that needs pickle to load was not written by this
+    project, and loading it could run code: it is refused (ConfigError, one line naming it).
+    """
+    try:
+        return torch.load(source, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        what = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), "")
+        what = re.sub(r"\x1b\[[0-9;]*m", "", what).split(". ")[0]  # "Unsupported global: GLOBAL mod.Cls"
+        raise ConfigError(f"{name}: refused: it holds objects that only pickle can load, which could run "
+                          f"code; not a checkpoint written by this project{f' ({what})' if what else ''}") from None
+
+
 def load_fold_state(path: str) -> dict:
     """A fold checkpoint, every tensor on the CPU: load_state_dict copies weights onto the model's device and
     the optimizer casts its state to its parameters' device, while the RNG states must stay CPU ByteTensors
     (with map_location=<cuda device> torch.set_rng_state raised "RNG state must be a torch.ByteTensor")."""
-    return torch.load(io.BytesIO(storage.read_file(path)), map_location="cpu", weights_only=False)
+    return load_checkpoint(io.BytesIO(storage.read_file(path)), path)
 
 
 class Fold:
