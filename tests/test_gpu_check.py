@@ -65,11 +65,8 @@ def gc(monkeypatch):
     return module
 
 
-@pytest.mark.skipif((ROOT / "experiments" / "export.py").exists(), reason="export.py exists: the check runs it")
-def test_the_export_check_is_skipped_until_export_py_exists(gc, tmp_path):
+def test_the_checks_in_order(gc):
     assert [name for name, _ in gc.CHECKS] == ["search", "worker", "driver", "report", "clip", "export"]
-    with pytest.raises(gc.Skipped, match=r"^experiments/export.py does not exist yet$"):
-        gc.check_export(gc.Ctx(tmp_path, deadline=float("inf"), gpus=1))
 
 
 # A stand-in nvidia-smi: call n of --query-compute-apps lists a process that was there before (pid 7) and, from
