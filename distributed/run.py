@@ -5,6 +5,7 @@ an existing run directory.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import shutil
 from datetime import datetime
@@ -16,6 +17,7 @@ from distributed import data as fm
 from distributed import storage
 from distributed.config import PRESETS, ConfigError, ExperimentConfig, load, to_dict
 from distributed.folds import make_folds, split_fingerprint
+from distributed.lock import RunLock
 
 # Fields that define what a run's numbers mean: a resumed run must keep them.
 RESUME_INVARIANTS = {
@@ -106,6 +108,8 @@ def _check_run(cfg: ExperimentConfig, run_dir: Path) -> tuple[Path, dict, dict]:
     if cfg.resume and not (run_dir / "config.json").exists():
         raise ConfigError(f"--resume: {run_dir} is not a run directory of this tool (no config.json)")
     if cfg.resume:
+        RunLock(run_dir).refuse_if_held()  # another tune.py writes it now: refused before any work
+    if cfg.resume:
         try:
             stored = load(run_dir / "config.json")
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ConfigError) as e:
@@ -140,9 +144,10 @@ def _check_run(cfg: ExperimentConfig, run_dir: Path) -> tuple[Path, dict, dict]:
     return run_dir, shared, meta
 
 
-def start_run_dir(run_dir: Path, cfg: ExperimentConfig) -> None:
+def start_run_dir(run_dir: Path, cfg: ExperimentConfig) -> RunLock:
     """Make the run directory (a new run's atomically: one made by another run since prepare_run looked is
-    refused, never shared) and write the effective config into it."""
+    refused, never shared), take its lock (distributed.lock: one writer per run) and write the effective
+    config into it. Returns the lock, held until the caller releases it (at exit at the latest)."""
     from distributed.io import write_json_atomic
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -150,4 +155,8 @@ def start_run_dir(run_dir: Path, cfg: ExperimentConfig) -> None:
     except FileExistsError:
         raise ConfigError(f"run directory {run_dir} was made by another run since this one started: "
                           f"start again, or choose another --name") from None
+    lock = RunLock(run_dir)
+    lock.acquire()  # a --resume that lost the race to another one is refused here, before writing
+    atexit.register(lock.release)
     write_json_atomic(run_dir / "config.json", to_dict(cfg))
+    return lock

@@ -50,6 +50,10 @@ def main(argv=None) -> int:
     except ConfigError as e:
         fail(f"export.py: error: {e}")
 
+    from distributed.lock import describe, holder
+    if (writer := holder(plan.run.run_dir)) is not None:
+        log(f"note: the run is still being written by {describe(writer)}; exporting trial {plan.trial_id} "
+            f"as it is now")
     log(f"run {plan.run.summary['name']}: exporting trial {plan.trial_id}"
         f"{' (the best)' if plan.trial_id == plan.run.best_trial_id else ''} to {plan.out}")
     refit_gpu = None if args.refit_device == "auto" else args.refit_device == "gpu"

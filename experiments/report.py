@@ -71,6 +71,9 @@ def main(argv=None) -> int:
     from analysis.sections import Options, build
     from distributed.io import write_bytes_atomic, write_json_atomic
 
+    from distributed.lock import describe, holder
+    if (writer := holder(run.run_dir)) is not None:
+        log(f"note: the run is still being written by {describe(writer)}; the report shows it as it is now")
     log(f"run {run.summary['name']}: {len(run.trials)} trials, best {run.best_trial_id}; "
         f"evaluating its {run.folds} fold models on {', '.join(sorted(set(devices)))}")
     ev = evaluate.evaluate_best(run, data, devices, log=log)

@@ -60,14 +60,17 @@ def main(argv=None) -> int:
         res = plan_resources(cfg, offered(cfg))  # e.g. --num-gpus beyond what the cluster has (or can scale to)
         check_shared_storage(cfg.storage_path)  # multi-node: every node must see the run directory
         check_cuda(res)  # a GPU that Ray assigns but torch cannot use: say so now, not deep in a fold worker
-        start_run_dir(run_dir, cfg)  # a new run's directory made atomically: never shared with another run
+        lock = start_run_dir(run_dir, cfg)  # made atomically, locked: one tune.py writes a run at a time
     except ConfigError as e:
         ray.shutdown()
         fail(f"tune.py: error: {e}")
 
     print(f"run directory: {run_dir}  ({meta['n_train']} training images, {cfg.cv.folds} folds, "
           f"{cfg.search.num_samples} trials x up to {cfg.train.epochs} epochs)", flush=True)
-    summary = run_search(cfg, run_dir, shared, meta, res)
+    try:
+        summary = run_search(cfg, run_dir, shared, meta, res)
+    finally:
+        lock.release()
 
     print(f"\n{summary['n_trials']} trials: {summary['n_trials_completed']} completed, "
           f"{summary['n_trials_pruned']} pruned, {summary['n_trials_errored']} errored; "

@@ -95,8 +95,12 @@ def test_killed_driver_then_resume_finishes_the_search(tmp_path):
     weights_before = fold_weights(run_dir, done_before.trial_id)
     assert len(weights_before) >= 3 * len(done_before)
 
+    assert (run_dir / ".lock").is_file()  # the killed driver's: stale now
+
     out = run(tune_cmd(tmp_path, "drv", "--num-samples", "4", "--resume"))
     assert out.returncode == 0, out.stderr[-3000:]
+    assert f"warning: took over the stale lock of {run_dir}" in out.stdout
+    assert not (run_dir / ".lock").exists()  # released at the end
     trials = pd.read_parquet(run_dir / "trials.parquet")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert len(trials) == 4 and trials.trial_id.is_unique
