@@ -28,10 +28,14 @@ CHECKPOINT_PATH_KEY = "checkpoint_path"  # the key Ray's TuneReportCallback uses
 
 
 def fold_mean(folds: list[dict]) -> dict:
-    """K per-fold metric dicts of one epoch -> the dict Tune sees: fold-mean, fold-std (ddof=1), per-fold lists."""
+    """K per-fold metric dicts of one epoch -> the dict Tune sees: fold-mean, fold-std (ddof=1), per-fold lists.
+
+    Where the folds ran is a comma-joined string, not a list: Tune's TensorBoard logger warns about every
+    list it cannot draw as a histogram (a list of strings), once per trial."""
     folds = sorted(folds, key=lambda m: m["fold"])
     out = {"epoch": folds[0]["epoch"], "num_folds": len(folds),
-           "fold_node_ids": [m["node_id"] for m in folds], "fold_node_ips": [m["node_ip"] for m in folds],
+           "fold_node_ids": ",".join(m["node_id"] for m in folds),
+           "fold_node_ips": ",".join(m["node_ip"] for m in folds),
            "fold_pids": [m.get("pid") for m in folds]}
     for key in FOLD_METRICS:
         values = [float(m[key]) for m in folds]

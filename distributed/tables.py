@@ -99,8 +99,9 @@ def build_tables(run_dir: Path, cfg: ExperimentConfig, statuses: dict[str, str],
         ckpt = last.get("checkpoint_path")
         row["checkpoint_path"] = relative_checkpoint(ckpt, run_dir, remote_root) if ckpt else None
         row["node_ip"] = last.get("node_ip")  # where the trial function ran
-        for key in ("fold_node_ids", "fold_node_ips"):  # where each fold worker ran
-            row[key] = ",".join(last.get(key, []))
+        for key in ("fold_node_ids", "fold_node_ips"):  # where each fold worker ran (a list before 2026-12-02)
+            where = last.get(key, "")
+            row[key] = where if isinstance(where, str) else ",".join(where)
         row["time_total_s"] = last.get("time_total_s")
         trial_rows.append(row)
     trials = pd.DataFrame(trial_rows)

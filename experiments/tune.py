@@ -13,6 +13,7 @@ without --name each run is a new one, PRESET-YYYYmmdd-HHMMSS.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -20,7 +21,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from distributed.cli import (ArgumentParser, add_config_flags, config_from_args, fail,  # noqa: E402
                              preset_from_args)
 from distributed.config import METRIC, ConfigError, validate  # noqa: E402
+from distributed.interrupt import EXIT_CODE, Interrupt  # noqa: E402
 from distributed.run import prepare_run, start_run_dir  # noqa: E402
+
+
+def resume_command(argv: list[str], name: str) -> str:
+    """The command that continues this run: the same flags (a resume must keep them), its --name, --resume."""
+    args = [a for a in argv if a != "--resume"]
+    if "--name" not in args and not any(a.startswith("--name=") for a in args):
+        args += ["--name", name]
+    return shlex.join(["python", "experiments/tune.py", *args, "--resume"])
 
 
 def main(argv=None) -> int:
@@ -67,11 +77,18 @@ def main(argv=None) -> int:
 
     print(f"run directory: {run_dir}  ({meta['n_train']} training images, {cfg.cv.folds} folds, "
           f"{cfg.search.num_samples} trials x up to {cfg.train.epochs} epochs)", flush=True)
+    interrupt = Interrupt(resume_command(sys.argv[1:] if argv is None else argv, cfg.name), lock.release).install()
     try:
         summary = run_search(cfg, run_dir, shared, meta, res)
     finally:
         lock.release()
 
+    ended = summary["n_trials_completed"] + summary["n_trials_pruned"] + summary["n_trials_errored"]
+    if interrupt.interrupted and ended < cfg.search.num_samples:
+        print(f"\ninterrupted: {summary['n_trials_completed']} of {cfg.search.num_samples} trials finished "
+              f"their budget, {summary['n_trials_pruned']} pruned, {summary['epochs_run_total']} trial-epochs "
+              f"in {summary['wall_s']:.0f} s; the rest continue with: {interrupt.resume_command}")
+        return EXIT_CODE
     print(f"\n{summary['n_trials']} trials: {summary['n_trials_completed']} completed, "
           f"{summary['n_trials_pruned']} pruned, {summary['n_trials_errored']} errored; "
           f"{summary['epochs_run_total']} trial-epochs in {summary['wall_s']:.0f} s")

@@ -57,7 +57,7 @@ def fold_nodes(run_dir):
     for f in (run_dir / "tune").glob("*/result.json"):
         for line in f.read_text().splitlines():
             try:
-                nodes.setdefault(f.parent.name, set()).update(json.loads(line)["fold_node_ids"])
+                nodes.setdefault(f.parent.name, set()).update(json.loads(line)["fold_node_ids"].split(","))
             except (json.JSONDecodeError, KeyError):
                 pass
     return nodes

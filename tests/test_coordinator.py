@@ -21,7 +21,7 @@ def test_fold_mean_is_the_mean_std_and_list_of_the_folds():
     assert out["epoch"] == 1 and out["num_folds"] == 3
     assert out["val_acc_folds"] == [0.8, 0.7, 0.6]  # in fold order
     assert out["val_acc_mean"] == pytest.approx(0.7) and out["val_acc_std"] == pytest.approx(0.1)
-    assert out["fold_node_ids"] == ["n0", "n1", "n2"] and out["fold_pids"] == [100, 101, 102]
+    assert out["fold_node_ids"] == "n0,n1,n2" and out["fold_pids"] == [100, 101, 102]
 
 
 def test_a_slot_serves_queued_trials_in_order_and_only_after_all_folds_left():

@@ -1,0 +1,61 @@
+"""Ctrl-C during a search: the first stops it cleanly, the second at once.
+
+Ray Tune's own SIGINT handler ends the search well (it stops the trial loop and saves the experiment state,
+so --resume continues the unfinished trials) but then prints a "Tuner.restore(...)" hint meant for Tune's
+Python API, and the search returns as if it had finished. So tune.py turns Tune's handler off
+(TUNE_DISABLE_SIGINT_HANDLER) and installs this one:
+
+- first SIGINT: one line, then Tune's own interrupt, which Tune also listens for on SIGUSR1. tune.py then
+  writes summary.json and the tables as after any search, prints the exact --resume command and exits 130.
+  Before Tune's loop runs (while the slots start) there is nothing to save: it exits at once, as below.
+- second SIGINT: the lock is released and the process exits with 130 at once. Ray's processes share the
+  driver's fate, and what the run directory holds is what a killed driver leaves, which --resume accepts
+  (the README's fault-tolerance table).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from typing import Callable
+
+EXIT_CODE = 130  # 128 + SIGINT, what shells report for a process ended by Ctrl-C
+TUNE_INTERRUPT_LINES = ("Stop signal received", "Resume experiment with", "Trials did not complete")
+
+
+class Interrupt:
+    def __init__(self, resume_command: str, on_abort: Callable[[], None] = lambda: None):
+        self.resume_command = resume_command
+        self.on_abort = on_abort
+        self.count = 0
+
+    def install(self) -> "Interrupt":
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # read by Tune when the search starts
+        signal.signal(signal.SIGINT, self._handler)
+        logging.getLogger("ray.tune.tune").addFilter(self._quiet)
+        return self
+
+    def _quiet(self, record: logging.LogRecord) -> bool:
+        """Drop Tune's own interrupt messages once we have said it ourselves ("Resume experiment with:
+        Tuner.restore(...)" is for Tune's Python API, not for tune.py)."""
+        return not (self.interrupted and any(text in record.getMessage() for text in TUNE_INTERRUPT_LINES))
+
+    @property
+    def interrupted(self) -> bool:
+        return self.count > 0
+
+    def _handler(self, sig, frame) -> None:
+        self.count += 1
+        tune_listens = signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+        if self.count == 1 and tune_listens:
+            print("\nCtrl-C: stopping the search; running trials keep their last finished epoch "
+                  "(Ctrl-C again to quit at once)", flush=True)
+            os.kill(os.getpid(), signal.SIGUSR1)  # Tune's interrupt: ends its loop and saves its state
+            return
+        self.abort()
+
+    def abort(self) -> None:
+        self.on_abort()
+        print(f"\ninterrupted; continue with: {self.resume_command}", file=sys.stderr, flush=True)
+        os._exit(EXIT_CODE)
