@@ -1,4 +1,5 @@
-"""Figures of the search itself: optimization history, importances, parallel coordinates, ASHA budgets.
+"""Figures of the search itself: optimization history, importances, parallel coordinates, ASHA budgets,
+accuracy against model size.
 
 Each function takes tables (or a study) and returns a matplotlib Figure; nothing here reads files.
 """
@@ -150,3 +151,42 @@ def plot_asha_epochs(trials: pd.DataFrame, order: pd.Series, max_epochs: int, ru
     ax.tick_params(axis="y", labelsize=8)
     return fig
 
+
+
+def plot_accuracy_vs_size(table: pd.DataFrame, best_id: str, pick_id: str, within_points: float):
+    """Fold-mean validation accuracy (± fold std) against parameter count (log scale) for the trials in
+    `table` (analysis.pareto.size_table). The Pareto front is a step line, read as the best accuracy
+    reachable within a size budget; the best trial and `pick_id` (the smallest within `within_points` of
+    it) are labelled, and a trial with a measured export latency says so beside its point."""
+    fig = new_figure(8, 4.5)
+    ax = fig.add_subplot()
+    style = STATUS_STYLE["completed"]
+    rest, front = table[~table.on_front], table[table.on_front].sort_values("params", kind="stable")
+    if len(rest):  # an empty errorbar would still get a legend entry
+        ax.errorbar(rest.params, rest.val_acc_mean, yerr=rest.val_acc_std, fmt=style["marker"],
+                    color=style["color"], alpha=0.6, capsize=3, markersize=6, label="completed trial (± fold std)")
+    ax.errorbar(front.params, front.val_acc_mean, yerr=front.val_acc_std, fmt="D", color=BEST_COLOR,
+                capsize=3, markersize=7, label="on the Pareto front")
+    xs, ys = front.params.to_numpy(dtype=float), front.val_acc_mean.to_numpy()
+    ax.step(np.r_[xs, table.params.max()], np.r_[ys, ys[-1]], where="post", color=BEST_COLOR, lw=1.2, alpha=0.8)
+    best_acc = table.val_acc_mean.max()
+    ax.axhline(best_acc - within_points / 100, color="black", ls="--", lw=0.8,
+               label=f"{within_points:g} points below the best")
+    by_id = table.set_index("trial_id")
+    pick_label = f"smallest within {within_points:g}"
+    labels = ({best_id: "best", pick_id: pick_label} if pick_id != best_id else {best_id: f"best, also {pick_label}"})
+    for tid, what in labels.items():
+        r = by_id.loc[tid]
+        ax.annotate(f"{what}: {tid}", (r.params, r.val_acc_mean), textcoords="offset points", xytext=(8, 6),
+                    fontsize=8, color=BEST_COLOR)
+    for tid, r in by_id[by_id.latency_ms_b1.notna()].iterrows():
+        ax.annotate(f"exported: {r.latency_ms_b1:.2f} ms/image (batch 1)", (r.params, r.val_acc_mean),
+                    textcoords="offset points", xytext=(8, -12), fontsize=7.5, color="#333333")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (log scale)")
+    ax.set_ylabel("fold-mean validation accuracy")
+    ax.set_title(f"Accuracy against size: {len(table)} completed trial{'s' if len(table) != 1 else ''}, "
+                 f"{int(table.on_front.sum())} on the Pareto front")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right", fontsize=8, frameon=False)
+    return fig

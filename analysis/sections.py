@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from analysis import metrics, plots_curves, plots_eval, plots_search, search
+from analysis import metrics, pareto, plots_curves, plots_eval, plots_search, search
 from analysis.architecture import layer_table
 from analysis.embeddings import plot_umap_pair, sample_indices, umap_2d
 from analysis.evaluate import Evaluation, RunData
@@ -56,8 +56,9 @@ def score(ev: Evaluation) -> dict:
     }
 
 
-def metrics_json(run: Run, ev: Evaluation, scores: dict, clip: dict | None) -> dict:
-    """report/metrics.json (DESIGN section 4), plus the confusion matrices the figures draw."""
+def metrics_json(run: Run, ev: Evaluation, scores: dict, clip: dict | None, size: dict | None = None) -> dict:
+    """report/metrics.json (DESIGN section 4), plus the confusion matrices the figures draw, and `size`
+    (size_metrics: the Pareto front of accuracy against parameters)."""
     oof, test = scores["oof"], scores["test"]
     return {
         "run": run.summary["name"], "best_trial_id": run.best_trial_id,
@@ -70,8 +71,16 @@ def metrics_json(run: Run, ev: Evaluation, scores: dict, clip: dict | None) -> d
         "n_test": test["n"], "n_oof": oof["n"], "oof_source": ev.oof_source,
         "confusion_test": test["confusion"].tolist(), "confusion_oof": oof["confusion"].tolist(),
         "inference_devices": ev.devices, "tta_flip": ev.tta_flip,
-        "clip": clip,
+        "clip": clip, "size": size,
     }
+
+
+def size_metrics(size: pd.DataFrame) -> dict:
+    """metrics.json's "size": the Pareto front's trial ids (smallest first) and the smallest trial within
+    half a point of the best, from pareto.size_table."""
+    pick = pareto.smallest_within(size)
+    return {"front": size.trial_id[size.on_front].tolist(),
+            "smallest_within_half_point": {"trial_id": pick.trial_id, "params": int(pick.params)}}
 
 
 TTA_NOTE = (" Every model scores an image by the mean of the softmax of the image and its mirror (flip "
@@ -143,7 +152,56 @@ def headline(run: Run, ev: Evaluation, scores: dict) -> Section:
     return sec
 
 
-def search_section(run: Run, log: Log) -> Section:
+def accuracy_vs_size(sec: Section, run: Run, size: pd.DataFrame) -> None:
+    """The figure, table and text of accuracy against parameter count (pareto.size_table's `size`): which
+    smaller model is nearly as good as the best, and the command that exports it."""
+    points = pareto.WITHIN_POINTS
+    pick, best = pareto.smallest_within(size, points), size[size.trial_id == run.best_trial_id].iloc[0]
+    sec.text("<h3>Accuracy against size</h3>")
+    sec.figure("accuracy_vs_size", plots_search.plot_accuracy_vs_size(size, run.best_trial_id, pick.trial_id, points),
+               f"Every completed trial's fold-mean validation accuracy at the full budget (bars: ± std over the "
+               f"{run.folds} folds) against the parameter count of its model (log scale). Pruned trials are left "
+               f"out: their accuracy comes from fewer epochs and is not comparable. Red diamonds are the Pareto "
+               f"front: no other trial is as accurate with fewer parameters, or more accurate with as few. The "
+               f"step line is the best accuracy reachable within a parameter budget; dashed, {points:g} points "
+               f"below the best. Where error bars overlap, the difference is within fold noise. An exported "
+               f"trial (RUN_DIR/model) is labelled with its measured CPU latency.")
+    shown = pd.DataFrame({
+        "trial": size.trial_id, "params": [f"{int(v):,}" for v in size.params],
+        "val acc (mean ± std)": [f"{m:.4f} ± {s:.4f}" for m, s in zip(size.val_acc_mean, size.val_acc_std)],
+        "Pareto front": ["yes" if v else "" for v in size.on_front],
+        f"within {points:g} points": ["yes" if v else "" for v in size.within_half_point]})
+    for name in run.searched:
+        shown[name] = [format_value(name, v) for v in size[name]]
+    for col, batch in (("latency_ms_b1", 1), ("latency_ms_b256", 256)):
+        shown[f"ms/image, batch {batch}"] = ["—" if pd.isna(v) else f"{v:.3f}" for v in size[col]]
+    sec.table("accuracy_vs_size", size, shown, heading="Completed trials by size, smallest first", left=("trial",))
+
+    def described(r: pd.Series) -> str:
+        return (f"trial {r.trial_id}: {int(r.params):,} parameters, validation accuracy "
+                f"{percent(r.val_acc_mean)} ± {percent(r.val_acc_std)}")
+
+    hparams = ", ".join(f"{n}={format_value(n, pick[n])}" for n in run.searched) or "no searched hyperparameters"
+    if len(size) < 2:
+        verdict = (f"Only one trial completed its full budget ({described(best)}), so there is no trade-off "
+                   f"between size and accuracy to show yet.")
+    elif pick.trial_id == run.best_trial_id:
+        verdict = (f"No smaller configuration comes within {points:g} points of the best: the best, "
+                   f"{described(best)} ({hparams}), is also the smallest that close.")
+    else:
+        verdict = (f"The smallest configuration within {points:g} points of the best is {described(pick)}, with "
+                   f"{hparams}: {best.params / pick.params:.1f}x fewer parameters than the best ({described(best)}).")
+    trial_id, latency = pareto.exported_latency(run.run_dir)
+    measured = (f"CPU latency is measured only for the exported trial {trial_id} ({run.run_dir / 'model'})."
+                if latency and trial_id in set(size.trial_id) else
+                f"No model exported from a completed trial with measured latency in {run.run_dir / 'model'}: the "
+                f"latency columns stay empty until export.py writes one.")
+    command = f"python experiments/export.py {run.run_dir} --trial {pick.trial_id}"
+    sec.text(f"<p>{esc(verdict)} Export it with <code>{esc(command)}</code>; any trial on the front exports the "
+             f"same way. {esc(measured)}</p>")
+
+
+def search_section(run: Run, log: Log, size: pd.DataFrame) -> Section:
     sec = Section("search", SECTION_TITLES[1])
     s, cfg = run.summary, run.config
     sec.table("trials", run.trials, trials_display(run), heading="Trials, best first",
@@ -151,6 +209,7 @@ def search_section(run: Run, log: Log) -> Section:
     sec.text("<p>Completed trials are ranked by the fold-mean validation accuracy at the full budget; pruned "
              "trials follow, by how far ASHA let them run, since their values come from fewer epochs. "
              "Trials whose checkpoint is missing are listed but not evaluated.</p>")
+    accuracy_vs_size(sec, run, size)
     study = search.load_study(run)
     order = search.start_order(study, run)
     sec.figure("optimization_history", plots_search.plot_optimization_history(run.trials, order),
@@ -389,7 +448,8 @@ def build(run: Run, data: RunData, ev: Evaluation, opts: Options, log: Log) -> t
     scores = score(ev)
     sections = [headline(run, ev, scores)]
     log("section 2: search")
-    sections.append(search_section(run, log))
+    size = pareto.size_table(run)
+    sections.append(search_section(run, log, size))
     log("section 3: learning curves")
     sections.append(curves_section(run))
     log("sections 4-5: evaluation, predictions")
@@ -399,4 +459,4 @@ def build(run: Run, data: RunData, ev: Evaluation, opts: Options, log: Log) -> t
     sections.append(significance_section(run, opts))
     clip_sec, clip_metrics = clip_section(run.run_dir, scores, log)
     sections.append(clip_sec)
-    return sections, metrics_json(run, ev, scores, clip_metrics)
+    return sections, metrics_json(run, ev, scores, clip_metrics, size_metrics(size))

@@ -204,3 +204,25 @@ def test_html_is_escaped_and_self_contained():
     assert re.findall(r'src="data:image/png;base64,', page) and sec.figures["cm"][:4] == b"\x89PNG"
     assert not re.search(r'(src|href)\s*=\s*["\']?(https?:)?//', page)
     assert sec.tables["t"].shape == (1, 2)
+
+
+def test_accuracy_vs_size_draws_the_front_and_labels_two_trials():
+    table = pd.DataFrame({"trial_id": ["s", "m", "b"], "params": [1_000, 5_000, 20_000],
+                          "val_acc_mean": [0.897, 0.80, 0.90], "val_acc_std": [0.01, 0.02, 0.005],
+                          "on_front": [True, False, True], "within_half_point": [True, False, True],
+                          "latency_ms_b1": [0.4, np.nan, np.nan], "latency_ms_b256": [0.01, np.nan, np.nan]})
+    ax = plots_search.plot_accuracy_vs_size(table, best_id="b", pick_id="s", within_points=0.5).axes[0]
+    assert ax.get_xscale() == "log"
+    step = next(line for line in ax.lines if line.get_drawstyle() == "steps-post")
+    np.testing.assert_allclose(step.get_xdata(), [1_000, 20_000, 20_000])
+    np.testing.assert_allclose(step.get_ydata(), [0.897, 0.90, 0.90])
+    threshold = next(line for line in ax.lines if line.get_linestyle() == "--")
+    assert threshold.get_ydata()[0] == pytest.approx(0.895)
+    texts = sorted(t.get_text() for t in ax.texts)
+    assert texts == ["best: b", "exported: 0.40 ms/image (batch 1)", "smallest within 0.5: s"]
+    markers = {line.get_marker(): list(line.get_xdata()) for line in ax.lines if line.get_marker() in ("o", "D")}
+    assert markers == {"o": [5_000], "D": [1_000, 20_000]}  # the front's points stand out
+    alone = plots_search.plot_accuracy_vs_size(table.iloc[[2]], best_id="b", pick_id="b", within_points=0.5)
+    assert [t.get_text() for t in alone.axes[0].texts] == ["best, also smallest within 0.5: b"]
+    assert [t.get_text() for t in alone.axes[0].get_legend().get_texts()] == [
+        "0.5 points below the best", "on the Pareto front"]

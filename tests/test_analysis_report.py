@@ -25,7 +25,7 @@ from distributed.config import CLASS_NAMES
 from conftest import load_script
 
 CONTRACT = {"test_acc", "test_macro_f1", "test_acc_per_fold", "oof_val_acc", "oof_val_macro_f1", "per_class", "clip"}
-ALWAYS = {"optimization_history", "asha_epochs", "curves_all_trials", "curves_best_trial_folds",
+ALWAYS = {"optimization_history", "asha_epochs", "accuracy_vs_size", "curves_all_trials", "curves_best_trial_folds",
           "curves_top_configs", "confusion_oof", "confusion_test", "per_class", "test_predictions",
           "misclassified_oof", "misclassified_test", "umap"}
 

@@ -105,3 +105,68 @@ def test_a_failing_clip_section_leaves_a_note_not_a_crash(tmp_path, monkeypatch)
     sec, metrics = sections.clip_section(tmp_path, sections.score(synthetic_evaluation()), lines.append)
     assert metrics is None and "The CLIP section failed: KeyError" in sec.render()
     assert lines and lines[0].startswith("warning: CLIP section failed")
+
+
+def search_run(tmp_path, completed: int):
+    """A Run of four trials (the first `completed` completed, the rest pruned) with searched width and
+    dropout, as trials.parquet and epochs.parquet hold them; no optuna.db."""
+    from dataclasses import asdict, replace
+
+    import pandas as pd
+
+    from analysis.tables import Run, rank_trials
+    from distributed.config import PRESETS
+    from test_analysis_tables import synthetic_epochs
+
+    cfg = PRESETS["smoke"]
+    specs = [("wide", 16, 0.1, 0.850), ("narrow", 4, 0.2, 0.846), ("mid", 8, 0.3, 0.840), ("tiny", 2, 0.4, 0.6)]
+    rows = []
+    for j, (tid, width, dropout, acc) in enumerate(specs):
+        row = {"trial_id": tid, "status": "completed" if j < completed else "pruned",
+               "epochs_run": 3 if j < completed else 1, "val_acc_mean": acc, "val_acc_std": 0.01,
+               "val_f1_mean": acc, "val_loss_mean": 1 - acc, "time_total_s": 1.0, "checkpoint_path": None,
+               "searched": "dropout,width"}
+        row.update({f"config_{k}": v for k, v in {**asdict(replace(cfg.model, width=width, dropout=dropout)),
+                                                  **asdict(cfg.train)}.items()})
+        rows.append(row)
+    epochs = synthetic_epochs({tid: [[acc] * 3] * (3 if j < completed else 1)
+                               for j, (tid, _, _, acc) in enumerate(specs)})
+    return Run(tmp_path, {"name": "x", "folds": 3, "max_epochs": 3, "best_trial_id": "wide"}, cfg,
+               rank_trials(pd.DataFrame(rows)), epochs)
+
+
+def test_search_section_shows_accuracy_against_size(tmp_path):
+    from analysis import pareto
+    run = search_run(tmp_path, completed=3)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.json").write_text(json.dumps(
+        {"trial_id": "narrow", "models": {"ensemble": {"latency_ms": {"batch_1": 0.5, "batch_256": 0.01}}}}))
+    size = pareto.size_table(run)
+    sec = sections.search_section(run, print, size)
+    assert sec.figures["accuracy_vs_size"][:8] == b"\x89PNG\r\n\x1a\n"
+    table = sec.tables["accuracy_vs_size"]
+    assert table.trial_id.tolist() == ["narrow", "mid", "wide"]  # completed only, smallest first
+    assert table.on_front.tolist() == [True, False, True] and table.latency_ms_b1.iloc[0] == 0.5
+    page = sec.render()
+    narrow = int(table.params.iloc[0])
+    assert "<h3>Accuracy against size</h3>" in page and "Pruned trials are left out" in page
+    assert (f"The smallest configuration within 0.5 points of the best is trial narrow: {narrow:,} parameters, "
+            f"validation accuracy 84.60% ± 1.00%, with dropout=0.2, width=4") in page
+    assert f"<code>python experiments/export.py {tmp_path} --trial narrow</code>" in page
+    assert "measured only for the exported trial narrow" in page
+    assert "<td>0.500</td>" in page  # its latency, in the shown table
+    assert sections.size_metrics(size) == {"front": ["narrow", "wide"],
+                                           "smallest_within_half_point": {"trial_id": "narrow", "params": narrow}}
+    assert json.loads(json.dumps(sections.metrics_json(FakeRun(), synthetic_evaluation(), sections.score(
+        synthetic_evaluation()), None, sections.size_metrics(size))))["size"]["front"] == ["narrow", "wide"]
+
+
+def test_accuracy_against_size_with_one_completed_trial(tmp_path):
+    from analysis import pareto
+    run = search_run(tmp_path, completed=1)
+    sec = sections.search_section(run, print, pareto.size_table(run))
+    assert "accuracy_vs_size" in sec.figures and sec.tables["accuracy_vs_size"].trial_id.tolist() == ["wide"]
+    page = sec.render()
+    assert "Only one trial completed its full budget (trial wide:" in page
+    assert f"python experiments/export.py {tmp_path} --trial wide" in page
+    assert "latency columns stay empty" in page
