@@ -74,7 +74,8 @@ def refit(plan, log: Log = print, use_gpu: bool | None = None):
     started_ray = not ray.is_initialized()
     if started_ray:
         # the workers' output stays in Ray's logs: the epochs come back through the progress queue
-        init_ray(None, num_cpus=os.cpu_count(), num_gpus=1 if use_gpu else 0, log_to_driver=False)
+        init_ray(None, num_cpus=os.cpu_count(), num_gpus=1 if use_gpu else 0, log_to_driver=False,
+                 configure_logging=False)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     log(f"refit: {train_cfg['epochs']} epochs on all {len(x)} training images of the run, one Ray Train "
         f"worker on {'a GPU' if use_gpu else f'{cpus} CPU(s)'}")

@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import functools
+import os
+import signal
+
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from distributed.config import METRIC, MODE, ExperimentConfig
+
+KILL_ENV = "FMNIST_TEST_KILL_DRIVER_AT_SUGGEST"  # test-only hook: "N" kills the driver right after the N-th
+# suggestion is in optuna.db, before Tune's next experiment snapshot (the moment that orphans an Optuna trial)
 
 
 def define_space(trial: optuna.Trial, space: tuple[str, ...]) -> None:
@@ -39,6 +45,28 @@ class CVOptunaSearch(OptunaSearch):
     def __init__(self, *args, max_t: int, **kwargs):
         super().__init__(*args, **kwargs)
         self._max_t = max_t
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        if os.environ.get(KILL_ENV) == str(len(self._ot_trials)):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return config
+
+    def restore(self, checkpoint_path: str):
+        """The searcher as Tune last saved it; then no Optuna trial may stay RUNNING without a Tune trial.
+
+        A driver killed after Optuna recorded a new suggestion but before Tune saved its state leaves that
+        trial RUNNING in optuna.db, owned by nothing the resumed search knows. It is marked FAIL (Optuna's
+        own state for trials that did not finish), so the study holds each Tune trial once.
+        """
+        super().restore(checkpoint_path)
+        owned = {t.number for t in self._ot_trials.values()}
+        for t in self._ot_study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+            if t.number not in owned:
+                self._ot_study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+                params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
+                print(f"--resume: Optuna trial {t.number} ({params}) was sampled just before the driver stopped "
+                      f"and belongs to no trial; marked FAIL in optuna.db", flush=True)
 
     def _report_epoch(self, trial_id: str, result: dict) -> None:
         """Record result's metric as the intermediate value of its epoch (once: a replayed epoch is a no-op)."""

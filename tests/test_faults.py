@@ -119,6 +119,31 @@ def test_killed_driver_then_resume_finishes_the_search(tmp_path):
     assert len({tuple(sorted(t.params.items())) for t in study.trials if t.state.is_finished()}) == 4
 
 
+def test_driver_killed_right_after_a_suggestion_leaves_no_running_optuna_trial(tmp_path):
+    """The driver dies after Optuna recorded the third suggestion, before Tune saved its state: the resumed
+    search marks that orphan FAIL, and every Tune trial is in the study once."""
+    from distributed.search import KILL_ENV
+    run_dir, states = tmp_path / "orph", optuna.trial.TrialState
+    out = run(tune_cmd(tmp_path, "orph", "--num-samples", "4"), env={KILL_ENV: "3"})
+    assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
+    study = optuna.load_study(study_name="orph", storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [states.COMPLETE, states.COMPLETE, states.RUNNING]
+    orphan = study.trials[2]
+
+    out = run(tune_cmd(tmp_path, "orph", "--num-samples", "4", "--resume"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [line for line in out.stdout.splitlines() if "belongs to no trial" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"--resume: Optuna trial {orphan.number} (")
+    assert lines[0].endswith("marked FAIL in optuna.db")
+    study = optuna.load_study(study_name="orph", storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    by_state = {s: [t for t in study.trials if t.state == s] for s in states}
+    assert len(by_state[states.COMPLETE]) == 4 and not by_state[states.RUNNING]
+    assert [t.number for t in by_state[states.FAIL]] == [orphan.number]
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    assert len(trials) == 4 and (trials.status == "completed").all()
+    assert {round(v, 10) for v in trials.config_lr} == {round(t.params["lr"], 10) for t in by_state[states.COMPLETE]}
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     storage = tmp_path_factory.mktemp("finished")
