@@ -21,7 +21,9 @@ $(PY):
 # on the reference machine; elsewhere pip downloads them).
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	$(PY) -m pip install --quiet -e '.[test,aws]'
+	@# setuptools warns a page on every editable install of a flat layout ("Editable installation. Please be
+	@# careful with folders ... same name as your package"): nothing to act on, so it is not shown
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet -e '.[test,aws]'
 	@touch $(STAMP)
 
 # Fashion-MNIST: already there? else the Debian package (as root, or with password-less sudo),
