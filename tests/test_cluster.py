@@ -74,16 +74,19 @@ def test_lost_node_trials_are_retried_and_the_search_completes(cluster, tmp_path
                                  "--limit-train", "3000"),
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 400
-        while time.monotonic() < deadline and proc.poll() is None:
-            if any(worker.node_id in ids for ids in fold_nodes(run_dir).values()):
-                break
-            time.sleep(1)
+        def early_on_worker() -> set[str]:
+            """Trials with folds on the worker node and at most half their epochs done: still running when the
+            node's removal (which takes a few seconds) is over."""
+            return {t for t, ids in fold_nodes(run_dir).items() if worker.node_id in ids
+                    and len((run_dir / "tune" / t / "result.json").read_text().splitlines()) <= 3}
+
+        deadline, victims = time.monotonic() + 400, set()
+        while time.monotonic() < deadline and proc.poll() is None and not victims:
+            time.sleep(0.2)
+            victims = early_on_worker()
         assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert victims  # trials running on the node when it dies
         cluster.remove_node(worker, allow_graceful=False)  # the node dies with its fold workers
-        victims = {t for t, ids in fold_nodes(run_dir).items() if worker.node_id in ids
-                   and len((run_dir / "tune" / t / "result.json").read_text().splitlines()) < 6}
-        assert victims  # trials that were running on the node when it died
         cluster.add_node(num_cpus=2)  # what the autoscaler would do: a replacement joins
         out, _ = proc.communicate(timeout=600)
     finally:

@@ -25,7 +25,7 @@ def test_a_checkpoint_restores_weights_optimizer_and_rng_whatever_the_map_locati
     storage.write_file(str(path), buf.getvalue())
 
     # what the old code did on a GPU: map_location=<device> moves the RNG ByteTensor off the CPU too
-    moved = torch.load(io.BytesIO(buf.getvalue()), map_location="meta", weights_only=False)
+    moved = torch.load(io.BytesIO(buf.getvalue()), map_location="meta", weights_only=True)
     assert moved["rng"].device.type == "meta"
 
     state = load_fold_state(str(path))

@@ -88,7 +88,7 @@ def test_best_checkpoint_holds_all_folds_and_out_of_fold_predictions(run, fmnist
         assert (o["fold"] == k).all() and np.array_equal(o["true"], fmnist.train_y[o["index"]])
         assert o["probs"].shape == (len(o["index"]), 10) and np.allclose(o["probs"].sum(1), 1, atol=1e-4)
         assert np.array_equal(o["pred"], o["probs"].argmax(1))
-        state = torch.load(ckpt / f"fold_{k}.pt", weights_only=False)
+        state = torch.load(ckpt / f"fold_{k}.pt", weights_only=True)
         assert state["epoch"] == 3 and state["fold"] == k
         # the checkpointed fold accuracy is the accuracy of the saved out-of-fold predictions
         assert state["metrics"]["val_acc"] == pytest.approx((o["pred"] == o["true"]).mean(), abs=1e-6)

@@ -222,13 +222,14 @@ def test_start_run_dir_never_shares_a_directory(tmp_path):
     """Two runs that picked one name (the same second, in parallel): the second to make it is refused, and
     the first's files are untouched."""
     cfg = override(PRESETS["smoke"], name="r", storage_path=str(tmp_path))
-    start_run_dir(tmp_path / "r", cfg)
+    lock = start_run_dir(tmp_path / "r", cfg)
     (tmp_path / "r" / "summary.json").write_text("{}\n")
     before = snapshot(tmp_path / "r")
     with pytest.raises(ConfigError, match="was made by another run since this one started"):
         start_run_dir(tmp_path / "r", cfg)
     assert snapshot(tmp_path / "r") == before
-    start_run_dir(tmp_path / "r", override(cfg, resume=True))  # a resume reuses its directory
+    lock.release()  # the first run ended
+    start_run_dir(tmp_path / "r", override(cfg, resume=True)).release()  # a resume reuses its directory
     assert json.loads((tmp_path / "r" / "config.json").read_text())["resume"] is True
 
 
