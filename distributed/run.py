@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -75,10 +76,28 @@ def stored_preset(storage_path: str, name: str) -> str | None:
     return preset if preset in PRESETS else None
 
 
+def check_writable(run_dir: Path) -> None:
+    """The run directory (a resume's) or the deepest existing folder above it must be writable: found here,
+    in one line, rather than as a traceback once the search has started."""
+    try:
+        target = run_dir if run_dir.exists() else next(p for p in run_dir.parents if p.exists())
+    except PermissionError as e:  # a folder on the way that this user may not enter
+        raise ConfigError(f"--storage-path {run_dir.parent}: not accessible by this user ({e.strerror}: "
+                          f"{e.filename})") from None
+    if not target.is_dir():
+        raise ConfigError(f"{target}: exists and is not a directory; choose another --storage-path")
+    if not os.access(target, os.W_OK | os.X_OK):
+        if target == run_dir:
+            raise ConfigError(f"run directory {run_dir} is not writable by this user")
+        raise ConfigError(f"--storage-path {run_dir.parent}: cannot make the run directory there ({target} is "
+                          f"not writable by this user); choose another --storage-path")
+
+
 def prepare_run(cfg: ExperimentConfig) -> tuple[Path, dict, dict]:
     """Returns (run_dir, shared arrays for the object store, meta for summary.json)."""
     run_dir = storage.local_run_dir(cfg.storage_path, cfg.name)
     store = storage.parse_storage_uri(cfg.storage_path)
+    check_writable(run_dir)
     if run_dir.exists() and not cfg.resume:
         raise ConfigError(f"run directory {run_dir} already exists: pass --resume to continue it, "
                           f"or choose another --name")

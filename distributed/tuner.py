@@ -201,6 +201,10 @@ def _search(cfg, run_dir, meta, slots, parent, run_root, store) -> dict:
     # and finish inside that window, and a driver killed there loses it: the resumed search would sample and
     # train it again under a new id. Save after every controller step instead (a few ms of JSON each).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    # Tune's new output engine prints its "Configuration for experiment" table and a TensorBoard hint into
+    # the Ray session's temporary directory (gone after the run) whatever `verbose` says; the legacy one at
+    # verbose=0 prints nothing, so the search's own progress lines are all the user reads.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     tracker = RunTracker(cfg, run_dir, meta)  # its clock (summary.json's wall_s) includes starting the slots
     search_start = slots.start()
     print(f"slots: {slots.n} warm worker group(s) of {cfg.cv.folds} fold workers up in {search_start:.1f} s; "
@@ -224,6 +228,7 @@ def _search(cfg, run_dir, meta, slots, parent, run_root, store) -> dict:
         restored = tuner._local_tuner.get_run_config()
         restored.callbacks = callbacks
         restored.name, restored.storage_path = experiment, parent
+        restored.verbose = 0  # as a new search: only our progress lines
     else:
         scheduler = make_scheduler(cfg)
         tuner = ray.tune.Tuner(

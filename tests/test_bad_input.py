@@ -6,6 +6,7 @@ more depth; this test is the cross-CLI contract."""
 import gzip
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +81,25 @@ def test_bad_input(storage, s3_server, script, args, expected):
     assert len(lines) == 1, out.stderr[-2000:]
     assert fill(expected) in lines[0]
     assert snapshot(storage) == before  # nothing written, nothing damaged
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to run as another user")
+def test_a_storage_path_that_cannot_be_written_exits_2_before_any_work(tmp_path):
+    """Run as nobody (root writes everywhere): a read-only --storage-path, one below it, and one inside a folder
+    nobody may enter (pytest's own tmp_path) are refused in one line before Ray starts or the data loads."""
+    import tempfile
+    ro = Path(tempfile.mkdtemp(prefix="ro-", dir="/tmp"))  # /tmp: a folder nobody can reach
+    ro.chmod(0o555)
+    closed = tmp_path / "runs"
+    for storage, words in ((ro, f"--storage-path {ro}: cannot make the run directory there ({ro} is not "
+                                f"writable by this user)"),
+                           (ro / "a" / "b", f"--storage-path {ro / 'a' / 'b'}: cannot make the run directory"),
+                           (closed, f"--storage-path {closed}: not accessible by this user (Permission denied")):
+        out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                              "experiments/tune.py", "--preset", "smoke", "--storage-path", str(storage), "--name", "x"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2, out.stderr[-2000:]
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0], lines
+        assert list(ro.iterdir()) == []
+    ro.rmdir()

@@ -46,6 +46,8 @@ def resume_and_check(storage: Path, text: str) -> None:
     argv = command.split()
     out = subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
+    # a resumed search prints our progress lines only, as a new one (no Tune banner, no TensorBoard hint)
+    assert "Configuration for experiment" not in out.stdout and "tensorboard" not in out.stdout.lower()
     run_dir = storage / "cc"
     trials = pd.read_parquet(run_dir / "trials.parquet")
     assert len(trials) == 4 and trials.trial_id.is_unique
