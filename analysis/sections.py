@@ -191,9 +191,9 @@ def accuracy_vs_size(sec: Section, run: Run, size: pd.DataFrame) -> None:
     else:
         verdict = (f"The smallest configuration within {points:g} points of the best is {described(pick)}, with "
                    f"{hparams}: {best.params / pick.params:.1f}x fewer parameters than the best ({described(best)}).")
-    trial_id, latency = pareto.exported_latency(run.run_dir)
-    measured = (f"CPU latency is measured only for the exported trial {trial_id} ({run.run_dir / 'model'})."
-                if latency and trial_id in set(size.trial_id) else
+    timed = size.trial_id[size[list(pareto.LATENCY_COLUMNS)].notna().any(axis=1)]  # the exported trial's row
+    measured = (f"CPU latency is measured only for the exported trial {timed.iloc[0]} ({run.run_dir / 'model'})."
+                if len(timed) else
                 f"No model exported from a completed trial with measured latency in {run.run_dir / 'model'}: the "
                 f"latency columns stay empty until export.py writes one.")
     command = f"python experiments/export.py {run.run_dir} --trial {pick.trial_id}"

@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from analysis import evaluate, tables
+from analysis import evaluate, metrics, pareto, tables
 from analysis.tables import Run
 from distributed.config import CLASS_NAMES, ConfigError
 from distributed.cv import load_checkpoint
@@ -51,6 +51,7 @@ class Plan:
     data: evaluate.RunData
     models: list             # the fold models as trained (CPU, eval mode)
     train_cfg: object        # the TrainConfig they were validated with
+    model_config: dict       # their ModelConfig, as the checkpoints store it
 
 
 def plan(run_dir, trial_id: str | None = None, out=None) -> Plan:
@@ -79,7 +80,8 @@ def plan(run_dir, trial_id: str | None = None, out=None) -> Plan:
     models, cfgs = zip(*[evaluate.load_fold_model(f, "cpu", k, epoch) for k, f in enumerate(files)])
     if len({c.tta_flip for c in cfgs}) > 1:
         raise ConfigError(f"trial {trial_id}: its fold checkpoints disagree on tta_flip; the run is inconsistent")
-    return Plan(run, row, trial_id, epoch, files, out, evaluate.load_data(run), list(models), cfgs[0])
+    model_config = load_checkpoint(files[0], files[0])["model_config"]
+    return Plan(run, row, trial_id, epoch, files, out, evaluate.load_data(run), list(models), cfgs[0], model_config)
 
 
 def reference_probs(models, x_u8: np.ndarray, tta_flip: bool) -> np.ndarray:
@@ -162,21 +164,12 @@ def check_model(stage: bundle.Staging, name: str, module, reference: np.ndarray,
     log(f"{name}: CPU latency per image: onnxruntime {latency['batch_1']:.2f} ms at batch 1, "
         f"{latency['batch_256']:.3f} ms at batch 256; torchscript {latency_ts['batch_1']:.2f} / "
         f"{latency_ts['batch_256']:.3f} ms")
-    pred = onnx_probs.argmax(1)
-    return {"parity": checks, "test_acc": float((pred == y_test).mean()),
-            "test_macro_f1": _f1(y_test, pred), "per_class_f1": _per_class_f1(y_test, pred),
+    scores = metrics.summarize(y_test, onnx_probs.argmax(1))  # the report's definitions
+    per_class = scores["per_class"]
+    return {"parity": checks, "test_acc": scores["acc"], "test_macro_f1": scores["macro_f1"],
+            "per_class_f1": dict(zip(per_class["class"], per_class["f1"].astype(float))),
             "latency_ms": latency, "latency_ms_torchscript": latency_ts,
             "latency_threads": torch.get_num_threads()}
-
-
-def _f1(y, pred) -> float:
-    from sklearn.metrics import f1_score
-    return float(f1_score(y, pred, average="macro"))
-
-
-def _per_class_f1(y, pred) -> dict:
-    from sklearn.metrics import f1_score
-    return dict(zip(CLASS_NAMES, map(float, f1_score(y, pred, average=None, labels=range(len(CLASS_NAMES))))))
 
 
 def report_test_acc(run: Run, trial_id: str) -> tuple[float | None, list[str]]:
@@ -213,15 +206,15 @@ def export(p: Plan, refit: bool = False, refit_gpu: bool | None = None, log: Log
     log(f"trial {p.trial_id}: {len(models)} fold models at epoch {p.epoch}, {num_params(models[0]):,} parameters "
         f"each, flip TTA {'on' if train_cfg.tta_flip else 'off'}")
     reference = reference_probs(models, x_test, train_cfg.tta_flip)
-    ref_acc = float((reference.argmax(1) == y_test).mean())
+    ref_acc = metrics.summarize(y_test, reference.argmax(1))["acc"]
     report_acc, report_devices = report_test_acc(p.run, p.trial_id)
     if report_acc is not None and all(d == "cpu" for d in report_devices) and abs(report_acc - ref_acc) > 1e-9:
         raise ParityError(f"the fold models score {ref_acc:.4f} on the test set, the report says "
                           f"{report_acc:.4f}: the report is not of these checkpoints (build it again)")
 
     with bundle.Staging(p.out) as stage:
-        stage.save_model("ensemble", module)
-        entries = {"ensemble": {"kind": f"{len(models)}-fold ensemble (mean of the fold models' softmax)",
+        entries = {"ensemble": {**stage.save_model("ensemble", module),
+                                "kind": f"{len(models)}-fold ensemble (mean of the fold models' softmax)",
                                 "folds": len(models), "tta_flip": train_cfg.tta_flip,
                                 "params": num_params(module), "params_per_model": num_params(models[0]),
                                 **check_model(stage, "ensemble", module, reference, x_test, y_test, log)}}
@@ -233,14 +226,12 @@ def export(p: Plan, refit: bool = False, refit_gpu: bool | None = None, log: Log
             from deploy import refit as refit_mod
             single, refit_info = refit_mod.refit(p, log=log, use_gpu=refit_gpu)
             single_module = ensemble.build([single], train_cfg.tta_flip)
-            stage.save_model("single", single_module)
             single_ref = reference_probs([single.eval()], x_test, train_cfg.tta_flip)
-            entries["single"] = {"kind": f"one model refit on all {refit_info['images']} training images",
+            entries["single"] = {**stage.save_model("single", single_module),
+                                 "kind": f"one model refit on all {refit_info['images']} training images",
                                  "folds": 1, "tta_flip": train_cfg.tta_flip, "params": num_params(single_module),
                                  "params_per_model": num_params(single), "refit": refit_info,
                                  **check_model(stage, "single", single_module, single_ref, x_test, y_test, log)}
-        for name in entries:
-            entries[name] = {**stage.models[name], **entries[name]}
         meta = _meta(p, entries, train_cfg, ref_acc, report_acc)
         meta["export_seconds"] = round(time.perf_counter() - t0, 1)
         meta["file_sizes"] = {e[key]: stage.path(e[key]).stat().st_size  # for the card; model.json lists all
@@ -252,8 +243,6 @@ def export(p: Plan, refit: bool = False, refit_gpu: bool | None = None, log: Log
 
 def _meta(p: Plan, entries: dict, train_cfg, ref_acc: float, report_acc: float | None) -> dict:
     row, s = p.trial, p.run.summary
-    state_cfg = load_checkpoint(p.files[0], p.files[0])["model_config"]
-    searched = [n for n in (row.get("searched") or "").split(",") if n]
     fold_acc = [float(row[f"val_acc_fold{k}"]) for k in range(p.run.folds)]
     return {
         "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -268,9 +257,7 @@ def _meta(p: Plan, entries: dict, train_cfg, ref_acc: float, report_acc: float |
         "output": {"name": bundle.OUTPUT_NAME, "dtype": "float32", "shape": ["N", len(CLASS_NAMES)],
                    "meaning": "class probabilities, rows sum to 1, in the order of 'classes'"},
         "default_model": "ensemble",
-        "config": {"model": state_cfg, "train": train_cfg.__dict__,
-                   "searched": {n: row[f"config_{n}"].item() if hasattr(row[f"config_{n}"], "item")
-                                else row[f"config_{n}"] for n in searched}},
+        "config": {"model": p.model_config, "train": train_cfg.__dict__, "searched": pareto.hparams_of(row)},
         "cv": {"folds": p.run.folds, "val_acc_mean": float(row["val_acc_mean"]),
                "val_acc_std": float(row["val_acc_std"]), "val_acc_folds": fold_acc,
                "val_f1_mean": float(row["val_f1_mean"]), "val_f1_std": float(row["val_f1_std"]),

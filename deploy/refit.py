@@ -9,6 +9,7 @@ checkpoint (model.pt, a state dict), which is loaded with weights_only=True.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from typing import Callable
@@ -61,13 +62,11 @@ def refit(plan, log: Log = print, use_gpu: bool | None = None):
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.queue import Empty, Queue
 
-    from distributed.config import ModelConfig, TrainConfig
+    from distributed.config import ModelConfig
     from distributed.cv import load_checkpoint
     from distributed.model import make_model
     from distributed.tuner import init_ray
 
-    state = load_checkpoint(plan.files[0], plan.files[0])
-    model_cfg, train_cfg = state["model_config"], state["train_config"]
     data = plan.data
     x, y = data.dataset.train_x[data.positions], data.dataset.train_y[data.positions]
     use_gpu = torch.cuda.is_available() if use_gpu is None else use_gpu
@@ -77,7 +76,7 @@ def refit(plan, log: Log = print, use_gpu: bool | None = None):
         init_ray(None, num_cpus=os.cpu_count(), num_gpus=1 if use_gpu else 0, log_to_driver=False,
                  configure_logging=False)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    log(f"refit: {train_cfg['epochs']} epochs on all {len(x)} training images of the run, one Ray Train "
+    log(f"refit: {plan.train_cfg.epochs} epochs on all {len(x)} training images of the run, one Ray Train "
         f"worker on {'a GPU' if use_gpu else f'{cpus} CPU(s)'}")
     t0 = time.perf_counter()
     storage = tempfile.mkdtemp(prefix="refit-")
@@ -85,7 +84,7 @@ def refit(plan, log: Log = print, use_gpu: bool | None = None):
     try:
         trainer = TorchTrainer(
             train_loop,
-            train_loop_config={"model": model_cfg, "train": train_cfg, "data_ref": ray.put({"x": x, "y": y}),
+            train_loop_config={"model": plan.model_config, "train": plan.train_cfg.__dict__, "data_ref": ray.put({"x": x, "y": y}),
                                "seed": plan.run.config.cv.fold_seed * 1000 + plan.run.folds, "threads": cpus,
                                "progress": progress},
             scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu,
@@ -105,13 +104,12 @@ def refit(plan, log: Log = print, use_gpu: bool | None = None):
             weights = load_checkpoint(os.path.join(d, "model.pt"), "the refit's checkpoint")
         device = result.metrics.get("device", "cpu")
     finally:
-        import shutil
         shutil.rmtree(storage, ignore_errors=True)
         if started_ray:
             ray.shutdown()
-    model = make_model(ModelConfig(**model_cfg), "cpu")
+    model = make_model(ModelConfig(**plan.model_config), "cpu")
     model.load_state_dict(weights)
     seconds = time.perf_counter() - t0
     log(f"refit: done in {seconds:.0f} s")
-    return model.eval(), {"images": int(len(x)), "epochs": int(TrainConfig(**train_cfg).epochs),
+    return model.eval(), {"images": int(len(x)), "epochs": plan.train_cfg.epochs,
                           "seconds": round(seconds, 1), "device": device}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 import typing
 
 from distributed.config import (PRESETS, TOP_LEVEL, ConfigError, ExperimentConfig, choose_preset, leaf_fields,
@@ -104,3 +105,12 @@ def config_from_args(args: argparse.Namespace, preset: str) -> ExperimentConfig:
 def fail(message: str, code: int = 2) -> typing.NoReturn:
     sys.stderr.write(message.rstrip().replace("\n", " ") + "\n")
     sys.exit(code)
+
+
+def elapsed_log() -> typing.Callable[[str], None]:
+    """A progress printer for the scripts' long work: each line prefixed with the seconds since it was made."""
+    t0 = time.monotonic()
+
+    def log(msg: str) -> None:
+        print(f"[{time.monotonic() - t0:6.1f}s] {msg}", flush=True)
+    return log

@@ -71,6 +71,12 @@ def holder(run_dir) -> dict | None:
     return rec if rec and _alive(rec) else None
 
 
+def writing_note(run_dir) -> str | None:
+    """For the readers of a run (report.py, export.py): who is still writing it, or None."""
+    rec = holder(run_dir)
+    return None if rec is None else f"note: the run is still being written by {describe(rec)}"
+
+
 class RunLock:
     def __init__(self, run_dir):
         self.path = Path(run_dir) / LOCK_NAME

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distributed.cli import ArgumentParser, fail  # noqa: E402
+from distributed.cli import ArgumentParser, elapsed_log, fail  # noqa: E402
 from distributed.config import ConfigError  # noqa: E402
 
 
@@ -36,10 +35,7 @@ def main(argv=None) -> int:
                         help="where --refit trains (default auto: a GPU when there is one)")
     args = parser.parse_args(argv)
 
-    t0 = time.monotonic()
-
-    def log(msg: str) -> None:
-        print(f"[{time.monotonic() - t0:6.1f}s] {msg}", flush=True)
+    log = elapsed_log()
 
     from deploy import export
     try:  # all bad input is found here, before anything is computed or written
@@ -50,10 +46,9 @@ def main(argv=None) -> int:
     except ConfigError as e:
         fail(f"export.py: error: {e}")
 
-    from distributed.lock import describe, holder
-    if (writer := holder(plan.run.run_dir)) is not None:
-        log(f"note: the run is still being written by {describe(writer)}; exporting trial {plan.trial_id} "
-            f"as it is now")
+    from distributed.lock import writing_note
+    if note := writing_note(plan.run.run_dir):
+        log(f"{note}; exporting trial {plan.trial_id} as it is now")
     log(f"run {plan.run.summary['name']}: exporting trial {plan.trial_id}"
         f"{' (the best)' if plan.trial_id == plan.run.best_trial_id else ''} to {plan.out}")
     refit_gpu = None if args.refit_device == "auto" else args.refit_device == "gpu"

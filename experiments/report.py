@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distributed.cli import ArgumentParser, fail  # noqa: E402
+from distributed.cli import ArgumentParser, elapsed_log, fail  # noqa: E402
 from distributed.config import ConfigError  # noqa: E402
 
 
@@ -44,10 +44,7 @@ def main(argv=None) -> int:
                         help="GPUs for inference (default: one if there is any; 0 = CPU)")
     args = parser.parse_args(argv)
 
-    t0 = time.monotonic()
-
-    def log(msg: str) -> None:
-        print(f"[{time.monotonic() - t0:6.1f}s] {msg}", flush=True)
+    log = elapsed_log()
 
     import torch
 
@@ -71,9 +68,9 @@ def main(argv=None) -> int:
     from analysis.sections import Options, build
     from distributed.io import write_bytes_atomic, write_json_atomic
 
-    from distributed.lock import describe, holder
-    if (writer := holder(run.run_dir)) is not None:
-        log(f"note: the run is still being written by {describe(writer)}; the report shows it as it is now")
+    from distributed.lock import writing_note
+    if note := writing_note(run.run_dir):
+        log(f"{note}; the report shows it as it is now")
     log(f"run {run.summary['name']}: {len(run.trials)} trials, best {run.best_trial_id}; "
         f"evaluating its {run.folds} fold models on {', '.join(sorted(set(devices)))}")
     ev = evaluate.evaluate_best(run, data, devices, log=log)
