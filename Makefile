@@ -1,6 +1,7 @@
 # make run   fresh machine -> venv, deps, data, a quick local search, its report
 # make test  same set-up, then the test suite (no slow tests)
 # make gpu-check  on a CUDA machine: the GPU paths end to end in <= 10 minutes (exit 2 where there is no CUDA)
+# make dashboard RUN=NAME  Optuna's dashboard on results/NAME/optuna.db, served on 127.0.0.1 (prints the URL)
 SHELL := /bin/bash
 # The first Python that pyproject's requires-python (>= 3.11) admits: Ubuntu 22.04's python3 is 3.10.
 PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11; do \
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.installed
 RUN ?= quick-$(shell date +%Y%m%d-%H%M%S)
 ARGS ?=
 
-.PHONY: run test test-all gpu-check data report clean-venv
+.PHONY: run test test-all gpu-check data report dashboard clean-venv
 
 $(PY):
 	@[ -n "$(PYTHON)" ] || { echo "no Python >= 3.11 found (python3 is $$(python3 -V 2>&1)): install python3.11 and python3.11-venv, or pass PYTHON=/path/to/python3.11" >&2; exit 2; }
@@ -23,7 +24,7 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	@# setuptools warns a page on every editable install of a flat layout ("Editable installation. Please be
 	@# careful with folders ... same name as your package"): nothing to act on, so it is not shown
-	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet -e '.[test,aws]'
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet -e '.[test,aws,dashboard]'
 	@touch $(STAMP)
 
 # Fashion-MNIST: already there? else the Debian package (as root, or with password-less sudo),
@@ -52,6 +53,11 @@ test-all: data
 
 gpu-check: data
 	$(PY) experiments/gpu_check.py $(ARGS)
+
+# RUN has a default (a new quick-<timestamp> name, for make run) that names no existing run: ask for one.
+dashboard: $(STAMP)
+	@[ "$(origin RUN)" != file ] || { echo "make dashboard needs RUN=NAME, a run directory under results/ (ls results)" >&2; exit 2; }
+	$(PY) experiments/dashboard.py results/$(RUN) $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

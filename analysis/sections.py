@@ -254,8 +254,8 @@ def search_section(run: Run, log: Log, size: pd.DataFrame) -> Section:
                f"(grace period {cfg.search.grace_period}, reduction factor {cfg.search.reduction_factor}) "
                f"compares trials at the dashed rungs and stops the weaker ones."
                if rungs else "Epochs each trial received (FIFO scheduler: no early stopping).")
-    sec.text(f"<p>The study opens in Optuna's dashboard: <code>optuna-dashboard sqlite:///"
-             f"{esc(run.run_dir / 'optuna.db')}</code></p>")
+    sec.text(f"<p>The study opens in Optuna's dashboard (on 127.0.0.1): <code>make dashboard RUN="
+             f"{esc(run.run_dir.name)}</code>, or <code>python experiments/dashboard.py {esc(run.run_dir)}</code></p>")
     return sec
 
 
