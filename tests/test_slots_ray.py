@@ -17,7 +17,8 @@ K = PRESETS["smoke"].cv.folds
 def six_trials(ray_local, tmp_path_factory):
     storage = tmp_path_factory.mktemp("slots")
     code = load_script("tune").main(["--preset", "smoke", "--name", "six", "--storage-path", str(storage),
-                                     "--num-samples", "7", "--max-concurrent-trials", "1", "--epochs", "4"])
+                                     "--num-samples", "7", "--max-concurrent-trials", "1", "--epochs", "4",
+                                     "--keep-checkpoints", "all"])
     assert code == 0
     run_dir = storage / "six"
     lines = {}
