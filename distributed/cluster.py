@@ -8,6 +8,8 @@ the instance type: g5.12xlarge -> 48 CPUs, 4 GPUs). Ray 2.60 has no public API f
 types: its GCS key for them (`ray._private.state.get_max_resources_from_cluster_config`) is empty unless a
 platform reports it, and the autoscaler v1 and v2 statuses list nodes, not node types. The config file is
 what Ray Tune's own "is this an autoscaling cluster?" check reads (ray/tune/execution/cluster_info.py).
+Which file that is, the head's autoscaler says itself: its monitor process runs with
+`--autoscaling-config=PATH` (`ray up`'s BOOTSTRAP_CONFIG, or any file given to `ray start --head`).
 """
 from __future__ import annotations
 
@@ -77,7 +79,21 @@ def read_autoscaling_config(path: str | Path) -> dict | None:
     return config if isinstance(config, dict) and config.get("available_node_types") else None
 
 
-def capacity(bootstrap_config: str | Path = BOOTSTRAP_CONFIG) -> dict[str, float]:
+def autoscaling_config_path(gcs_address: str) -> str:
+    """The config file the autoscaler of the cluster at gcs_address runs with, read from its monitor
+    process's command line (it runs on the head node, as does this driver); BOOTSTRAP_CONFIG if none is found."""
+    import psutil
+    for proc in psutil.process_iter(["cmdline"]):
+        args = proc.info["cmdline"] or []
+        if (any(a.endswith("autoscaler/_private/monitor.py") for a in args)
+                and f"--gcs-address={gcs_address}" in args):
+            for a in args:
+                if a.startswith("--autoscaling-config="):
+                    return a.partition("=")[2]
+    return BOOTSTRAP_CONFIG
+
+
+def capacity(config_path: str | Path | None = None) -> dict[str, float]:
     """{"CPU", "GPU"} the joined Ray cluster can scale to (Ray already initialised).
 
     What `ray.cluster_resources()` offers now, or, on the head node of an autoscaling cluster (the driver of
@@ -92,7 +108,9 @@ def capacity(bootstrap_config: str | Path = BOOTSTRAP_CONFIG) -> dict[str, float
     me = ray.get_runtime_context().get_node_id()
     on_head = any(n["NodeID"] == me and "node:__internal_head__" in n["Resources"]
                   for n in ray.nodes() if n["Alive"])
-    config = read_autoscaling_config(bootstrap_config) if on_head else None
+    if on_head and config_path is None:
+        config_path = autoscaling_config_path(ray.get_runtime_context().gcs_address)
+    config = read_autoscaling_config(config_path) if on_head else None
     if config is None:
         return now
     most = scalable_resources(config)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -32,6 +33,14 @@ SEARCHABLE = ("lr", "weight_decay", "dropout", "batch_size", "width", "depth", "
 
 class ConfigError(ValueError):
     """Bad input or configuration: the CLIs print it as one line and exit with code 2."""
+
+
+class SearchStopped(RuntimeError):
+    """The search stopped early, its run directory intact and resumable (say a full disk): one line, `code`."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,7 @@ class SearchConfig:
     reduction_factor: int = 3    # ASHA: keep the top 1/reduction_factor at each rung
     space: tuple[str, ...] = SEARCHABLE  # which hyperparameters are sampled; the rest stay fixed
     max_failures: int = 2        # retries of a failed trial (Tune) and of a failed worker group (Train)
+    keep_checkpoints: str = "topk:5"  # fold checkpoints kept once every trial has ended: all, best or topk:N
 
 
 @dataclass(frozen=True)
@@ -90,6 +100,7 @@ class ResourcesConfig:
     cpus_per_worker: float | None = None  # None: GPU: 1; CPU-only: cpus / folds (fractional)
     max_concurrent_trials: int | None = None  # None: derived from the resources
     address: str | None = None         # None: a local Ray instance; "auto" joins a running cluster
+    min_free_mb: int = 100             # the search stops cleanly (resumable) when its disk has less free
 
 
 @dataclass(frozen=True)
@@ -272,6 +283,7 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"--space {','.join(bad)}: not searchable; choose from {', '.join(SEARCHABLE)}")
     if s.max_failures < 0:
         raise ConfigError(f"--max-failures {s.max_failures}: must be >= 0")
+    keep_checkpoints_count(s.keep_checkpoints)
     lim = cfg.data.limit_train
     if lim is not None and lim < cfg.cv.folds * NUM_CLASSES:
         raise ConfigError(
@@ -285,6 +297,28 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"--cpus-per-worker {r.cpus_per_worker}: must be > 0")
     if r.max_concurrent_trials is not None and r.max_concurrent_trials < 1:
         raise ConfigError(f"--max-concurrent-trials {r.max_concurrent_trials}: must be >= 1")
+    if r.min_free_mb < 0:
+        raise ConfigError(f"--min-free-mb {r.min_free_mb}: must be >= 0")
+    if r.address and "://" not in cfg.storage_path and not os.path.isabs(cfg.storage_path):
+        # `ray job submit --working-dir .` runs the driver in a temporary copy of the checkout on the head:
+        # a relative path (the default `results`) would put the run there, out of every worker node's sight
+        raise ConfigError(f"--address {r.address} with --storage-path {cfg.storage_path}: a search on a cluster "
+                          f"needs a directory every node mounts, as an absolute path (cluster.yaml mounts EFS "
+                          f"at /mnt/shared: --storage-path /mnt/shared/results), or a bucket (s3://BUCKET/PREFIX)")
+
+
+def keep_checkpoints_count(policy: str) -> int | None:
+    """How many ranked trials --keep-checkpoints keeps (distributed.retention): None for all, 1 for best, N for
+    topk:N. Raises ConfigError naming the value."""
+    if policy == "all":
+        return None
+    if policy == "best":
+        return 1
+    kind, _, n = policy.partition(":")
+    if kind == "topk" and n.isdigit() and int(n) >= 1:
+        return int(n)
+    raise ConfigError(f"--keep-checkpoints {policy}: choose all, best or topk:N with N a positive integer "
+                      f"(e.g. topk:5)")
 
 
 def apply_hparams(cfg: ExperimentConfig, hparams: dict) -> tuple[ModelConfig, TrainConfig]:

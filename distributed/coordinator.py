@@ -84,6 +84,7 @@ class Coordinator:
         self.slots = [SlotState() for _ in range(num_slots)]
         self.tune_started: dict[str, float] = {}  # trial -> wall time Tune started it (SlotCallback)
         self.shutting_down = False
+        self.fatal: dict | None = None  # what stops the whole search: {"message": one line, "code": exit code}
         self.changed = asyncio.Condition()
 
     async def _notify(self) -> None:
@@ -221,9 +222,21 @@ class Coordinator:
                        f"(--max-failures {self.max_failures})")
 
     async def wait_ready(self, timeout: float | None = None) -> dict:
-        """Wait until every slot has all K workers asking for work (or has failed); how many are up."""
-        await self._wait(lambda: all(len(s.up) == self.k or s.dead for s in self.slots), timeout)
-        return {"up": sum(len(s.up) == self.k for s in self.slots), "dead": [s.dead for s in self.slots if s.dead]}
+        """Wait until every slot has all K workers asking for work (or has failed, or the search cannot run);
+        how many are up."""
+        await self._wait(lambda: self.fatal or all(len(s.up) == self.k or s.dead for s in self.slots), timeout)
+        return {"up": sum(len(s.up) == self.k for s in self.slots), "dead": [s.dead for s in self.slots if s.dead],
+                "fatal": self.fatal}
+
+    async def stop_search(self, message: str, code: int) -> None:
+        """A fold worker cannot go on (its node cannot see the run directory, its disk is full): the driver's
+        StopGuard stops the search as Ctrl-C does (distributed.guard). The first message is the one kept; the
+        trials stay as they are, to be resumed."""
+        self.fatal = self.fatal or {"message": message, "code": code}
+        await self._notify()
+
+    def fatal_error(self) -> dict | None:
+        return self.fatal
 
     async def started(self, trial_id: str, fold: int, at: float) -> None:
         """A fold began its first training step of the trial (for trial_start_latency_s)."""

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from distributed import storage
+from distributed.io import free_bytes, is_disk_full, low_disk_message
 from distributed.config import ConfigError, apply_hparams, from_dict
 from distributed.model import make_model
 from distributed.train import evaluate, make_optimizer, steps_per_epoch, train_one_epoch
@@ -199,6 +200,9 @@ def fold_worker(loop_config: dict) -> None:
     # recorded per fold: shows how trials spread over a cluster (ids tell apart nodes that share an IP)
     node = {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
             "pid": os.getpid()}  # the same K processes serve every trial of a slot (tests check it)
+    if not storage.run_dir_visible(run_root):  # a node the autoscaler added after the driver's storage check
+        ray.get(coordinator.stop_search.remote(storage.blind_node_problem(run_root, node, slot, fold), 2))
+        return  # training here would write checkpoints the driver never sees
     cfg = from_dict(loop_config["experiment"])
     device = ray.train.torch.get_device()
     if device.type == "cpu":
@@ -215,8 +219,13 @@ def fold_worker(loop_config: dict) -> None:
         try:
             run_fold(job, data, cfg, run_root, coordinator, node)
         except Exception as e:  # the trial's own failure (say a bad value): the trial errors, the slot goes on
-            ray.get(coordinator.fold_error.remote(job["trial_id"], fold,
-                                                  f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+            if is_disk_full(e):  # not the trial's fault: the search stops, the trial resumes later
+                ray.get(coordinator.stop_search.remote(
+                    f"{low_disk_message(run_root, free_bytes(run_root), cfg.resources.min_free_mb)} "
+                    f"(a fold checkpoint could not be written: {e})", 1))
+            else:
+                ray.get(coordinator.fold_error.remote(job["trial_id"], fold,
+                                                      f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
             if device.type == "cuda" and isinstance(e, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()
         left = job["trial_id"]

@@ -33,13 +33,7 @@ class Interrupt:
     def install(self) -> "Interrupt":
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # read by Tune when the search starts
         signal.signal(signal.SIGINT, self._handler)
-        logging.getLogger("ray.tune.tune").addFilter(self._quiet)
         return self
-
-    def _quiet(self, record: logging.LogRecord) -> bool:
-        """Drop Tune's own interrupt messages once we have said it ourselves ("Resume experiment with:
-        Tuner.restore(...)" is for Tune's Python API, not for tune.py)."""
-        return not (self.interrupted and any(text in record.getMessage() for text in TUNE_INTERRUPT_LINES))
 
     @property
     def interrupted(self) -> bool:
@@ -47,11 +41,10 @@ class Interrupt:
 
     def _handler(self, sig, frame) -> None:
         self.count += 1
-        tune_listens = signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None)
-        if self.count == 1 and tune_listens:
+        if self.count == 1 and tune_listens():
             print("\nCtrl-C: stopping the search; running trials keep their last finished epoch "
                   "(Ctrl-C again to quit at once)", flush=True)
-            os.kill(os.getpid(), signal.SIGUSR1)  # Tune's interrupt: ends its loop and saves its state
+            stop_tune()
             return
         self.abort()
 
@@ -59,3 +52,25 @@ class Interrupt:
         self.on_abort()
         print(f"\ninterrupted; continue with: {self.resume_command}", file=sys.stderr, flush=True)
         os._exit(EXIT_CODE)
+
+
+def tune_listens() -> bool:
+    """Is Tune's loop running? It listens on SIGUSR1 while fit() runs (ray/tune/tune.py)."""
+    return signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+
+
+def _not_tune_interrupt_lines(record: logging.LogRecord) -> bool:
+    return not any(text in record.getMessage() for text in TUNE_INTERRUPT_LINES)
+
+
+def stop_tune() -> bool:
+    """Tune's own interrupt: it ends its loop after this step and saves the experiment state, unfinished
+    trials resumable. Its messages ("Resume experiment with: Tuner.restore(...)", for Tune's Python API, not
+    for tune.py) are dropped: the caller says what happened. False when Tune is not running."""
+    if not tune_listens():
+        return False
+    tune_log = logging.getLogger("ray.tune.tune")
+    if _not_tune_interrupt_lines not in tune_log.filters:
+        tune_log.addFilter(_not_tune_interrupt_lines)
+    os.kill(os.getpid(), signal.SIGUSR1)
+    return True

@@ -1,10 +1,41 @@
 """Small file helpers shared by the engine and the analysis: atomic writes."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(e: BaseException | None) -> bool:
+    """Did this error (or one it was raised from) come from a full disk? An OSError ENOSPC/EDQUOT (pyarrow's
+    too), or SQLite's "database or disk is full" (as Optuna's storage wraps it)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
+            return True
+        if "database or disk is full" in str(e) or "No space left on device" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def free_bytes(path) -> int:
+    """Free bytes (for this user) on the file system holding path, or the nearest existing folder above it."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def low_disk_message(path, free: int, need_mb: int) -> str:
+    return (f"no space left for the run in {path}: {free / 2**20:.1f} MB free on its file system, the search "
+            f"stops below {need_mb} MB (--min-free-mb)")
 
 
 def write_bytes_atomic(path, data: bytes) -> None:

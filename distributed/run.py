@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from distributed import data as fm
-from distributed import storage
+from distributed import io, storage
 from distributed.config import PRESETS, ConfigError, ExperimentConfig, load, to_dict
 from distributed.folds import make_folds, split_fingerprint
 from distributed.lock import RunLock
@@ -98,6 +98,10 @@ def prepare_run(cfg: ExperimentConfig) -> tuple[Path, dict, dict]:
     run_dir = storage.local_run_dir(cfg.storage_path, cfg.name)
     store = storage.parse_storage_uri(cfg.storage_path)
     check_writable(run_dir)
+    free = io.free_bytes(run_dir)
+    if free < cfg.resources.min_free_mb * 2**20:  # it would stop at its first check (distributed.guard)
+        raise ConfigError(io.low_disk_message(run_dir, free, cfg.resources.min_free_mb)
+                          + "; free some space, or lower --min-free-mb")
     if run_dir.exists() and not cfg.resume:
         raise ConfigError(f"run directory {run_dir} already exists: pass --resume to continue it, "
                           f"or choose another --name")

@@ -26,7 +26,7 @@ import ray.tune
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from distributed.config import ExperimentConfig, to_dict
+from distributed.config import ExperimentConfig, SearchStopped, to_dict
 from distributed.coordinator import Coordinator
 from distributed.cv import fold_worker
 
@@ -105,6 +105,8 @@ class Slots:
             self.threads.append(thread)
         while True:  # the workers import torch and load their folds; on a cluster the autoscaler may add nodes
             state = ray.get(self.coordinator.wait_ready.remote(30.0))
+            if state["fatal"]:  # a node that cannot see the run directory (before Tune's loop: nothing to save)
+                raise SearchStopped(state["fatal"]["message"], state["fatal"]["code"])
             if state["up"] + len(state["dead"]) == self.n:
                 break
             print(f"[slots] {state['up']}/{self.n} slot(s) up after {time.monotonic() - t0:.0f} s; "

@@ -30,6 +30,20 @@ def _probe(path: str) -> bool:
     return os.path.exists(path)
 
 
+def run_dir_visible(run_root: str) -> bool:
+    """Does this node see the run directory? Its config.json is written before any slot starts. A bucket's
+    run is the same run from every node (its config.json stays in the driver's working copy until uploaded)."""
+    return parse_storage_uri(run_root) is not None or os.path.isfile(os.path.join(run_root, "config.json"))
+
+
+def blind_node_problem(run_root: str, node: dict, slot: int, fold: int) -> str:
+    """The one-line error for a fold worker whose node cannot see the run directory."""
+    return (f"--storage-path {os.path.dirname(run_root)}: the run directory {run_root} is not visible on node "
+            f"{node['node_ip']} ({node['node_id'][:12]}), where fold worker {fold} of slot {slot} started; "
+            f"a multi-node search needs a directory every node mounts (NFS/EFS, see cluster.yaml) or a bucket "
+            f"(s3://, gs://)")
+
+
 def check_shared_storage(storage_path: str) -> int:
     """Write a probe file under storage_path and look for it from every alive node. Returns the node count."""
     import ray

@@ -20,9 +20,10 @@ from pathlib import Path
 import ray
 import ray.tune
 
-from distributed import storage, tables
-from distributed.config import METRIC, MODE, ConfigError, ExperimentConfig
+from distributed import io, retention, storage, tables
+from distributed.config import METRIC, MODE, ConfigError, ExperimentConfig, SearchStopped
 from distributed.search import make_searcher
+from distributed.guard import EXIT_DISK_FULL, StopGuard
 from distributed.slots import SLOT_ENV, SlotCallback, Slots
 from distributed.trial import TRIAL_CPU, run_trial
 
@@ -191,9 +192,14 @@ def run_search(cfg: ExperimentConfig, run_dir: Path, shared: dict, meta: dict, r
     data_ref = ray.put(shared)  # the only copy of the data; fold workers read it zero-copy
     slots = Slots(cfg, res, data_ref, run_root)
     try:
-        return _search(cfg, run_dir, meta, slots, parent, run_root, store)
+        summary = _search(cfg, run_dir, meta, slots, parent, run_root, store)
     finally:
         slots.stop()
+    # Once the slots are gone nothing writes the run any more: --keep-checkpoints (only if every trial ended),
+    # then the run's size on disk into summary.json
+    summary = retention.apply(cfg, run_dir, run_root, summary)
+    print(retention.describe(summary), flush=True)
+    return summary
 
 
 def _search(cfg, run_dir, meta, slots, parent, run_root, store) -> dict:
@@ -212,7 +218,9 @@ def _search(cfg, run_dir, meta, slots, parent, run_root, store) -> dict:
     meta["engine"] = {"slots": slots.n, "search_start_s": round(search_start, 3)}
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(run_trial, coordinator=slots.coordinator), {"cpu": TRIAL_CPU})
-    callbacks = [SlotCallback(slots.coordinator), tracker]
+    # the disk to watch: the run directory, or with a bucket the driver's working copy (the bucket has no "full")
+    guard = StopGuard(slots.coordinator, run_dir, cfg.resources.min_free_mb)
+    callbacks = [SlotCallback(slots.coordinator), tracker, guard]
     tune_dir = f"{run_root}/tune"
     # The experiment is RUN_DIR/tune, named "<run name>/tune" under RUN_DIR's parent rather than "tune"
     # under RUN_DIR: Tune stages its driver files in <ray session>/artifacts/<start second>/<name>, so two
@@ -244,8 +252,17 @@ def _search(cfg, run_dir, meta, slots, parent, run_root, store) -> dict:
                 failure_config=ray.tune.FailureConfig(max_failures=cfg.search.max_failures),
             ),
         )
-    tuner.fit()
+    try:
+        tuner.fit()
+    except Exception as e:  # a write of Tune's or Optuna's own found the disk full before the guard did
+        if not io.is_disk_full(e):
+            raise
+        free = io.free_bytes(run_dir)
+        raise SearchStopped(io.low_disk_message(run_dir, free, cfg.resources.min_free_mb), EXIT_DISK_FULL) from e
     meta["engine"].update(slots.stats())
     if store:  # the final tables read the trial logs Tune has now written to the bucket
         storage.download(store, cfg.name, run_dir, "tune")
-    return tracker.write()
+    summary = tracker.write()
+    if guard.reason:  # stopped early, as by Ctrl-C: the tables hold what ran, and the run resumes
+        raise SearchStopped(*guard.reason)
+    return summary

@@ -20,7 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from distributed.cli import (ArgumentParser, add_config_flags, config_from_args, fail,  # noqa: E402
                              preset_from_args)
-from distributed.config import METRIC, ConfigError, validate  # noqa: E402
+from distributed.config import METRIC, ConfigError, SearchStopped, validate  # noqa: E402
+from distributed.guard import EXIT_DISK_FULL  # noqa: E402
 from distributed.interrupt import EXIT_CODE, Interrupt  # noqa: E402
 from distributed.run import prepare_run, start_run_dir  # noqa: E402
 
@@ -80,6 +81,9 @@ def main(argv=None) -> int:
     interrupt = Interrupt(resume_command(sys.argv[1:] if argv is None else argv, cfg.name), lock.release).install()
     try:
         summary = run_search(cfg, run_dir, shared, meta, res)
+    except SearchStopped as e:  # stopped early, as by Ctrl-C (a full disk, a node that cannot see the run)
+        then = "free some space, then continue" if e.code == EXIT_DISK_FULL else "continue"
+        fail(f"tune.py: error: {e}; {then} with: {interrupt.resume_command}", e.code)
     finally:
         lock.release()
 

@@ -103,3 +103,16 @@ def test_a_storage_path_that_cannot_be_written_exits_2_before_any_work(tmp_path)
         assert len(lines) == 1 and words in lines[0], lines
         assert list(ro.iterdir()) == []
     ro.rmdir()
+    # a run directory of its own that this user cannot write: a --resume of it is refused the same way
+    parent = Path(tempfile.mkdtemp(prefix="runs-", dir="/tmp"))
+    parent.chmod(0o755)
+    (parent / "r").mkdir()
+    (parent / "r" / "config.json").write_text("{}")
+    (parent / "r").chmod(0o555)
+    out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                          "experiments/tune.py", "--preset", "smoke", "--storage-path", str(parent), "--name", "r",
+                          "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip() == f"tune.py: error: run directory {parent / 'r'} is not writable by this user"
+    assert sorted(p.name for p in (parent / "r").iterdir()) == ["config.json"]
+    shutil.rmtree(parent)
