@@ -197,8 +197,13 @@ def accuracy_vs_size(sec: Section, run: Run, size: pd.DataFrame) -> None:
                 f"No model exported from a completed trial with measured latency in {run.run_dir / 'model'}: the "
                 f"latency columns stay empty until export.py writes one.")
     command = f"python experiments/export.py {run.run_dir} --trial {pick.trial_id}"
-    sec.text(f"<p>{esc(verdict)} Export it with <code>{esc(command)}</code>; any trial on the front exports the "
-             f"same way. {esc(measured)}</p>")
+    kept = run.trials.checkpoint_path[run.trials.trial_id == pick.trial_id].notna().any()
+    export = (f"Export it with <code>{esc(command)}</code>; any trial on the front that kept its fold "
+              f"checkpoints exports the same way." if kept else
+              f"Its fold checkpoints were deleted when the search ended (--keep-checkpoints "
+              f"{esc(str(run.summary.get('keep_checkpoints')))}), so it cannot be exported from this run; "
+              f"search again with --keep-checkpoints all, or train it alone with its hyperparameters.")
+    sec.text(f"<p>{esc(verdict)} {export} {esc(measured)}</p>")
 
 
 def search_section(run: Run, log: Log, size: pd.DataFrame) -> Section:
@@ -208,7 +213,8 @@ def search_section(run: Run, log: Log, size: pd.DataFrame) -> Section:
               left=("trial", "status", "checkpoint"))
     sec.text("<p>Completed trials are ranked by the fold-mean validation accuracy at the full budget; pruned "
              "trials follow, by how far ASHA let them run, since their values come from fewer epochs. "
-             "Trials whose checkpoint is missing are listed but not evaluated.</p>")
+             "Trials whose checkpoint is missing are listed but not evaluated; \"removed\": deleted by "
+             "--keep-checkpoints when the search ended.</p>")
     accuracy_vs_size(sec, run, size)
     study = search.load_study(run)
     order = search.start_order(study, run)

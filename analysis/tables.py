@@ -175,6 +175,8 @@ def trials_display(run: Run) -> pd.DataFrame:
     out["val macro-F1"] = [f"{v:.4f}" if pd.notna(v) else "—" for v in t.val_f1_mean]
     out["val loss"] = [f"{v:.4f}" if pd.notna(v) else "—" for v in t.val_loss_mean]
     out["time (s)"] = [f"{v:.0f}" if pd.notna(v) else "—" for v in t.time_total_s]
-    out["checkpoint"] = ["yes" if isinstance(p, str) and (run.run_dir / p).is_dir() else "missing"
-                         for p in t.checkpoint_path]
+    removed = set(run.summary.get("checkpoints_removed") or ())  # --keep-checkpoints, when the search ended
+    out["checkpoint"] = ["yes" if isinstance(p, str) and (run.run_dir / p).is_dir() else
+                         "removed" if trial in removed else "missing"
+                         for trial, p in zip(t.trial_id, t.checkpoint_path)]
     return out

@@ -292,6 +292,10 @@ def test_report_and_export_work_on_the_pruned_run(topk2, tmp_path, capsys):
     assert load_script("export").main([str(run)]) == 0
     assert (run / "model" / "model.json").is_file()
     summary = json.loads((run / "summary.json").read_text())
+    html = (run / "report" / "report.html").read_text()
+    import re
+    # the trials table says which checkpoints --keep-checkpoints removed (2 of the 4 trials)
+    assert len(re.findall(r"<td[^>]*>removed</td>", html)) == len(summary["checkpoints_removed"]) == 2
     removed = summary["checkpoints_removed"][0]
     with pytest.raises(SystemExit) as e:  # a removed trial: one clear line, nothing written
         load_script("export").main([str(run), "--trial", removed, "--out", str(tmp_path / "m2")])
