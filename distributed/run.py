@@ -142,6 +142,15 @@ def _check_run(cfg: ExperimentConfig, run_dir: Path) -> tuple[Path, dict, dict]:
         if changed:
             raise ConfigError(f"--resume {cfg.name}: {', '.join(changed)} differ from the stored run "
                               f"({run_dir}/config.json); pass the same settings or choose another --name")
+        # Tune restores the newest of these; one it cannot read it only logs ("Failed to restore the run
+        # state"), then starts the whole search anew: every trial trained again, twice in optuna.db
+        states = sorted((run_dir / "tune").glob("experiment_state-*.json"))
+        if states:
+            try:
+                json.loads(states[-1].read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ConfigError(f"--resume: {states[-1]} (Tune's saved search) is corrupt ({e}); the run "
+                                  f"cannot be resumed") from None
 
     dataset = fm.load(cfg.data)
     positions = fm.stratified_subset(dataset.train_y, cfg.data.limit_train, cfg.data.subset_seed)
