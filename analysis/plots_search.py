@@ -1,5 +1,5 @@
-"""Figures of the search itself: optimization history, importances, parallel coordinates, ASHA budgets,
-accuracy against model size.
+"""Figures of the search itself: optimization history, importances, parallel coordinates, ASHA budgets and
+rung decisions, accuracy against model size.
 
 Each function takes tables (or a study) and returns a matplotlib Figure; nothing here reads files.
 """
@@ -151,6 +151,43 @@ def plot_asha_epochs(trials: pd.DataFrame, order: pd.Series, max_epochs: int, ru
     ax.tick_params(axis="y", labelsize=8)
     return fig
 
+
+# How each rung decision is drawn: marker, colour, legend label
+DECISION_STYLE = {"continue": ("o", "#2ca02c", "continued (at or above the cutoff)"),
+                  "let_through": ("^", "#ff7f0e", "let through on doubt (below, p > alpha)"),
+                  "stop": ("X", "#d62728", "stopped")}
+
+
+def plot_rungs(rungs: pd.DataFrame):
+    """One panel per rung: every trial that reached it, in the order it arrived, as its fold mean ± fold std
+    (the folds themselves as small dots), marked by the decision, with the cutoff it met as a dashed dash
+    (ASHA's cutoff moves as trials arrive). A trial's p (fold-asha) is printed beside it when it was below."""
+    milestones = sorted(rungs.rung.unique())
+    fig = new_figure(4.2 * len(milestones) + 1.5, 4)
+    axes = fig.subplots(1, len(milestones), sharey=True, squeeze=False)[0]
+    for ax, milestone in zip(axes, milestones):
+        g = rungs[rungs.rung == milestone].reset_index(drop=True)
+        x = np.arange(1, len(g) + 1)
+        ax.hlines(g.cutoff, x - 0.4, x + 0.4, color="black", ls="--", lw=1)  # NaN (first arrival): none drawn
+        for i, r in g.iterrows():
+            marker, color, _ = DECISION_STYLE[r.decision]
+            ax.scatter(np.full(len(r.folds), x[i]), r.folds, s=8, color=color, alpha=0.35, linewidths=0)
+            ax.errorbar(x[i], r.value, yerr=r.fold_std, fmt=marker, color=color, capsize=3, markersize=7)
+            if pd.notna(r.p):
+                ax.annotate(f"p={r.p:.2g}", (x[i], r.value), textcoords="offset points", xytext=(7, -3),
+                            fontsize=7, color=color)
+        ax.set_title(f"rung at epoch {milestone}: {len(g)} trial(s), {int((g.decision == 'stop').sum())} stopped",
+                     fontsize=10)
+        ax.set_xticks(x, g.trial_id, rotation=45, ha="right", fontsize=7)
+        ax.set_xlabel("trials, in the order they reached the rung")
+        ax.set_xlim(0.4, len(g) + 0.8)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("fold-mean validation accuracy (± fold std)")
+    handles = [Line2D([], [], linestyle="none", marker=m, color=c, markersize=7, label=lab)
+               for d, (m, c, lab) in DECISION_STYLE.items() if d in set(rungs.decision)]
+    handles.append(Line2D([], [], color="black", ls="--", lw=1, label="the cutoff each trial met"))
+    axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+    return fig
 
 
 def plot_accuracy_vs_size(table: pd.DataFrame, best_id: str, pick_id: str, within_points: float):

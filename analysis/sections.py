@@ -24,7 +24,7 @@ from analysis.evaluate import Evaluation, RunData
 from analysis.html import Section, cards, esc, table_html
 from analysis.stats import compare_to_best
 from analysis.style import percent
-from analysis.tables import (Run, deepest_shared_epoch, fold_band, fold_mean_curves, format_value,
+from analysis.tables import (Run, deepest_shared_epoch, fold_band, fold_mean_curves, format_value, load_rungs,
                              trials_display, values_at_epoch)
 from distributed.config import CLASS_NAMES, METRIC, ModelConfig
 from distributed.model import make_model, num_params
@@ -197,13 +197,39 @@ def accuracy_vs_size(sec: Section, run: Run, size: pd.DataFrame) -> None:
                 f"No model exported from a completed trial with measured latency in {run.run_dir / 'model'}: the "
                 f"latency columns stay empty until export.py writes one.")
     command = f"python experiments/export.py {run.run_dir} --trial {pick.trial_id}"
-    kept = run.trials.checkpoint_path[run.trials.trial_id == pick.trial_id].notna().any()
+    removed = pick.trial_id in (run.summary.get("checkpoints_removed") or ())
     export = (f"Export it with <code>{esc(command)}</code>; any trial on the front that kept its fold "
-              f"checkpoints exports the same way." if kept else
+              f"checkpoints exports the same way." if not removed else
               f"Its fold checkpoints were deleted when the search ended (--keep-checkpoints "
               f"{esc(str(run.summary.get('keep_checkpoints')))}), so it cannot be exported from this run; "
               f"search again with --keep-checkpoints all, or train it alone with its hyperparameters.")
     sec.text(f"<p>{esc(verdict)} {export} {esc(measured)}</p>")
+
+
+def rung_view(sec: Section, run: Run) -> None:
+    """Every rung decision of rungs.parquet: a figure per rung and the table behind it."""
+    rungs = load_rungs(run.run_dir)
+    if rungs.empty:
+        return
+    alpha = run.config.search.racing_alpha
+    rule = (f"fold-asha: a trial below the cutoff is stopped only when the one-sided corrected resampled t-test "
+            f"of its {run.folds} paired fold differences from the cutoff trial gives p <= {alpha:g}, else let "
+            f"through on doubt" if run.config.search.scheduler == "fold-asha" else
+            "ASHA: a trial below the cutoff is stopped on its fold mean alone")
+    sec.figure("rungs", plots_search.plot_rungs(rungs),
+               f"Every decision at every rung (rungs.parquet). Each trial is drawn where it arrived at the rung, as "
+               f"its fold-mean validation accuracy with its fold spread (bars: ± std, dots: the folds); the dashed "
+               f"line is the cutoff it met (the {100 * (1 - 1 / run.config.search.reduction_factor):.0f}th percentile "
+               f"of the fold means already there). {rule}.")
+    shown = pd.DataFrame({"trial": rungs.trial_id, "rung": rungs.rung, "folds": [
+        " ".join(f"{v:.3f}" for v in f) for f in rungs.folds], "mean ± std": [
+        f"{m:.4f} ± {sd:.4f}" for m, sd in zip(rungs.value, rungs.fold_std)],
+        "cutoff": [f"{c:.4f}" if pd.notna(c) else "—" for c in rungs.cutoff],
+        "cutoff trial": rungs.cutoff_trial_id.fillna("—"),
+        "t": [f"{v:.2f}" if pd.notna(v) else "—" for v in rungs.t],
+        "p": [f"{v:.3g}" if pd.notna(v) else "—" for v in rungs.p], "decision": rungs.decision})
+    sec.table("rungs", rungs, shown,
+              heading="Rung decisions, in the order they were made", left=("trial", "folds", "decision"))
 
 
 def search_section(run: Run, log: Log, size: pd.DataFrame) -> Section:
@@ -254,12 +280,13 @@ def search_section(run: Run, log: Log, size: pd.DataFrame) -> Section:
         log(f"search plots: importances and parallel coordinates at epoch {epoch} over {n} trials")
 
     rungs = (plots_search.asha_rungs(cfg.search.grace_period, cfg.search.reduction_factor, s["max_epochs"])
-             if cfg.search.scheduler == "asha" else [])
+             if cfg.search.scheduler in ("asha", "fold-asha") else [])
     sec.figure("asha_epochs", plots_search.plot_asha_epochs(run.trials, order, s["max_epochs"], rungs),
                f"Epochs each trial received (each epoch trains all {run.folds} folds). ASHA "
                f"(grace period {cfg.search.grace_period}, reduction factor {cfg.search.reduction_factor}) "
                f"compares trials at the dashed rungs and stops the weaker ones."
                if rungs else "Epochs each trial received (FIFO scheduler: no early stopping).")
+    rung_view(sec, run)
     sec.text(f"<p>The study opens in Optuna's dashboard (on 127.0.0.1): <code>make dashboard RUN="
              f"{esc(run.run_dir.name)}</code>, or <code>python experiments/dashboard.py {esc(run.run_dir)}</code></p>")
     return sec

@@ -3,7 +3,8 @@
 `load_run` is the report's gate for bad input: everything wrong with the directory raises ConfigError
 with one line saying what and what to do, before anything is computed or written. The other functions
 are pure views of trials.parquet / epochs.parquet: trial ranking, fold-mean curves, fold bands, and
-per-fold values at one epoch (the paired samples of the significance test).
+per-fold values at one epoch (the paired samples of the significance test); and of rungs.parquet: why
+each trial stopped.
 """
 from __future__ import annotations
 
@@ -179,4 +180,43 @@ def trials_display(run: Run) -> pd.DataFrame:
     out["checkpoint"] = ["yes" if isinstance(p, str) and (run.run_dir / p).is_dir() else
                          "removed" if trial in removed else "missing"
                          for trial, p in zip(t.trial_id, t.checkpoint_path)]
+    out["why it stopped"] = why_stopped(t, load_rungs(run.run_dir)).to_numpy()
     return out
+
+
+def load_rungs(run_dir) -> pd.DataFrame:
+    """RUN_DIR/rungs.parquet (one row per trial and rung, distributed/racing.py), with the fold std added;
+    empty for a FIFO search or a run from before the file existed."""
+    path = Path(run_dir) / "rungs.parquet"
+    if not path.is_file():
+        return pd.DataFrame(columns=["trial_id", "rung", "epoch", "folds", "value", "fold_std", "cutoff",
+                                     "cutoff_trial_id", "t", "p", "alpha", "decision"])
+    df = _read_parquet(path)
+    df["fold_std"] = [float(np.std(f, ddof=1)) if len(f) > 1 else 0.0 for f in df.folds]
+    return df
+
+
+def why_stopped(trials: pd.DataFrame, rungs: pd.DataFrame) -> pd.Series:
+    """Per trial (in `trials`' order) the rung decision that ended it, or why it ran on: the report's
+    "why it stopped" column. A trial let through on doubt says at which rungs and with which p."""
+    by_trial = {tid: g for tid, g in rungs.groupby("trial_id", sort=False)}
+    out = []
+    for tid, status, epochs in zip(trials.trial_id, trials.status, trials.epochs_run):
+        g = by_trial.get(tid, rungs.iloc[:0])
+        doubt = "; ".join(f"let through at rung {r.rung} (p = {r.p:.3f})"
+                          for r in g[g.decision == "let_through"].itertuples())
+        stop = g[g.decision == "stop"]
+        if status == "errored":
+            why = "errored"
+        elif len(stop):
+            r = stop.iloc[-1]
+            why = f"rung {r.rung}: {r.value:.4f} < cutoff {r.cutoff:.4f} ({r.cutoff_trial_id})"
+            why += f", p = {r.p:.3g} <= {r.alpha:g}" if pd.notna(r.p) else " (ASHA: the mean alone)"
+        elif status == "completed":
+            why = "ran the full budget"
+        elif status == "pruned":
+            why = f"stopped after {epochs} epoch(s), no rung decision recorded"
+        else:
+            why = status
+        out.append(f"{why}; {doubt}" if doubt else why)
+    return pd.Series(out, index=trials.index, name="why it stopped")

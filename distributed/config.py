@@ -81,13 +81,17 @@ class CVConfig:
     fold_seed: int = 0           # the stratified split; stored as a fingerprint and checked on resume
 
 
+SCHEDULERS = ("asha", "fold-asha", "fifo")
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     num_samples: int = 20        # trials
     search_seed: int = 0         # TPE sampler seed
-    scheduler: str = "asha"      # "asha" or "fifo" (every trial runs all epochs)
+    scheduler: str = "asha"      # "asha", "fold-asha" (stops only on a paired fold test) or "fifo" (all epochs)
     grace_period: int = 1        # ASHA: epochs every trial gets before it can be stopped
     reduction_factor: int = 3    # ASHA: keep the top 1/reduction_factor at each rung
+    racing_alpha: float = 0.1    # fold-asha: stop a trial below the cutoff only if the fold test's p <= this
     space: tuple[str, ...] = SEARCHABLE  # which hyperparameters are sampled; the rest stay fixed
     max_failures: int = 2        # retries of a failed trial (Tune) and of a failed worker group (Train)
     keep_checkpoints: str = "topk:5"  # fold checkpoints kept once every trial has ended: all, best or topk:N
@@ -272,8 +276,10 @@ def validate(cfg: ExperimentConfig) -> None:
         if value < 1:
             raise ConfigError(f"--{flag} {value}: must be a positive integer")
     s = cfg.search
-    if s.scheduler not in ("asha", "fifo"):
-        raise ConfigError(f"--scheduler {s.scheduler}: choose 'asha' or 'fifo'")
+    if s.scheduler not in SCHEDULERS:
+        raise ConfigError(f"--scheduler {s.scheduler}: choose 'asha', 'fold-asha' or 'fifo'")
+    if not 0 < s.racing_alpha <= 1:
+        raise ConfigError(f"--racing-alpha {s.racing_alpha}: must be in (0, 1]")
     if s.grace_period < 1 or s.grace_period > t.epochs:
         raise ConfigError(f"--grace-period {s.grace_period}: must be between 1 and --epochs ({t.epochs})")
     if s.reduction_factor < 2:

@@ -78,7 +78,7 @@ def check_shared_storage(storage_path: str) -> int:
 # A resume on a machine without the working copy downloads it first; report.py downloads what it reads.
 
 REMOTE_SCHEMES = {"s3": "S3", "gs": "Google Cloud Storage", "gcs": "Google Cloud Storage"}
-DRIVER_FILES = ("config.json", "summary.json", "trials.parquet", "epochs.parquet", "optuna.db")
+DRIVER_FILES = ("config.json", "summary.json", "trials.parquet", "epochs.parquet", "rungs.parquet", "optuna.db")
 LOCAL_ROOT = "results"  # parent of the driver's working copy of a run stored in a bucket
 
 

@@ -6,7 +6,8 @@
       -> Tuner(trial.run_trial, CVOptunaSearch(TPE, optuna.db), ASHA, RunConfig(storage=RUN_DIR/tune))
            run_trial: a torch-free client; the coordinator hands it to a free slot and relays its epochs
            SlotCallback: ASHA's decision after every epoch -> the coordinator -> the slot's fold workers
-      -> RUN_DIR: summary.json, trials.parquet, epochs.parquet (rewritten after every finished trial)
+      -> RUN_DIR: summary.json, trials.parquet, epochs.parquet (rewritten after every finished trial),
+         rungs.parquet (by the ASHA schedulers of distributed.racing, at every rung decision)
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from distributed import io, retention, storage, tables
 from distributed.config import METRIC, MODE, ConfigError, ExperimentConfig, SearchStopped
 from distributed.search import make_searcher
 from distributed.guard import EXIT_DISK_FULL, StopGuard
+from distributed.racing import FoldASHA
 from distributed.slots import SLOT_ENV, SlotCallback, Slots
 from distributed.trial import TRIAL_CPU, run_trial
 
@@ -164,14 +166,15 @@ class RunTracker(ray.tune.Callback):
         return summary
 
 
-def make_scheduler(cfg: ExperimentConfig):
-    """ASHA on fold-mean accuracy (the metric and mode come from TuneConfig), or FIFO: every trial runs to the end."""
-    if cfg.search.scheduler == "fifo":
+def make_scheduler(cfg: ExperimentConfig, run_dir: Path):
+    """ASHA on fold-mean accuracy (the metric and mode come from TuneConfig), fold-paired ASHA, or FIFO: every
+    trial runs to the end. Both ASHAs write each rung decision to RUN_DIR/rungs.parquet (distributed.racing),
+    which is also what a resumed search rebuilds their rungs from."""
+    s = cfg.search
+    if s.scheduler == "fifo":
         return ray.tune.schedulers.FIFOScheduler()
-    return ray.tune.schedulers.ASHAScheduler(
-        time_attr="epoch",  # epochs, not Tune's report count: a trial restarted by a resume replays reports
-        max_t=cfg.train.epochs, grace_period=cfg.search.grace_period,
-        reduction_factor=cfg.search.reduction_factor)
+    return FoldASHA(run_dir, alpha=s.racing_alpha if s.scheduler == "fold-asha" else None, max_t=cfg.train.epochs,
+                    grace_period=s.grace_period, reduction_factor=s.reduction_factor)
 
 
 def run_search(cfg: ExperimentConfig, run_dir: Path, shared: dict, meta: dict, res: dict) -> dict:
@@ -237,8 +240,12 @@ def _search(cfg, run_dir, meta, slots, parent, run_root, store) -> dict:
         restored.callbacks = callbacks
         restored.name, restored.storage_path = experiment, parent
         restored.verbose = 0  # as a new search: only our progress lines
+        # The scheduler was pickled with the first session's run directory (a bucket run resumed on another
+        # machine has its working copy elsewhere): it rebuilds its rungs from, and writes, this session's.
+        if isinstance(tuner._local_tuner._tune_config.scheduler, FoldASHA):
+            tuner._local_tuner._tune_config.scheduler.run_dir = str(run_dir)
     else:
-        scheduler = make_scheduler(cfg)
+        scheduler = make_scheduler(cfg, run_dir)
         tuner = ray.tune.Tuner(
             trainable,
             tune_config=ray.tune.TuneConfig(

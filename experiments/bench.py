@@ -13,11 +13,14 @@ The six figures of issue 6, each against a baseline run in the same process:
               (flip TTA, as the recipe says), and the best test accuracy within 15 minutes.
   ensemble    the full preset's 5-fold ensemble: read from a finished full-preset run and its report
               (--ensemble-run RUN_DIR); without one, only an estimate of its training time.
+  racing      (only with --only racing: 15 searches, hours) the hpo group's search with FIFO, ASHA and
+              fold-asha for each of 5 Optuna seeds: fold-asha's epochs over ASHA's and the best accuracies.
 
     python experiments/bench.py                          # everything, into bench.json (about an hour on 2 cores)
     python experiments/bench.py --quick --out /tmp/b.json  # reduced sizes, a few minutes: checks the plumbing
     python experiments/bench.py --only throughput        # re-measure some groups, keep the others in --out
     python experiments/bench.py --only ensemble --ensemble-run results/full   # figure 6 from a full run
+    python experiments/bench.py --only racing            # fold-asha against ASHA and FIFO, 5 seeds
 """
 from __future__ import annotations
 
@@ -55,7 +58,9 @@ GROUPS = {
     "hpo": ("asha_epoch_ratio", "asha_acc_gap"),
     "accuracy": ("time_to_93_s", "best_test_acc_15min"),
     "ensemble": ("full_ensemble_test_acc",),
+    "racing": ("racing_epoch_ratio", "racing_acc_gain", "racing_fifo_gap"),
 }
+DEFAULT_GROUPS = tuple(g for g in GROUPS if g != "racing")  # racing is 15 searches: asked for by name
 FIGURES = tuple(k for keys in GROUPS.values() for k in keys)
 
 SEED_MODEL = ModelConfig(width=32, depth=2, convs_per_block=2, fc_width=512)  # the seed's CNN, 1,677,482 params
@@ -78,6 +83,9 @@ LONG_MODEL = replace(SEED_MODEL, dropout=0.3)
 # Optuna seed gives both searches the same 10 random start-up configurations.
 HPO_ARGS = ("--preset", "quick", "--limit-train", "5000", "--num-samples", "12", "--epochs", "16",
             "--reduction-factor", "4")
+# The racing group: HPO_ARGS's search for each seed and scheduler (--quick: one seed of SMOKE_SEARCH)
+RACING_SCHEDULERS = ("fifo", "asha", "fold-asha")
+RACING_SEEDS = (0, 1, 2, 3, 4)
 # --quick: both search groups only check the plumbing, on a tiny smoke search
 SMOKE_SEARCH = ["--preset", "smoke", "--num-samples", "2", "--folds", "2", "--epochs", "2", "--limit-train", "200"]
 
@@ -367,6 +375,36 @@ def bench_hpo(quick: bool, hpo_args: list[str]) -> tuple[dict, dict, dict]:
     return figures, runs, reasons
 
 
+def racing_figures(runs: dict) -> tuple[dict, dict, dict]:
+    """The racing group's figures from {seed: {scheduler: overhead_from_run dict}}: per seed, fold-asha's epochs
+    over ASHA's, its best fold-mean accuracy minus ASHA's, and FIFO's minus fold-asha's; the figures are the
+    medians over seeds (a seed whose search completed no trial has no accuracy). Returns (figures, per seed,
+    reasons for null figures)."""
+    per_seed = {}
+    for seed, r in runs.items():
+        fifo, asha, fold = (r[s]["best_val_acc_mean"] for s in RACING_SCHEDULERS)
+        per_seed[seed] = {"epoch_ratio": r["fold-asha"]["epochs_run_total"] / r["asha"]["epochs_run_total"],
+                          "acc_gain": None if fold is None or asha is None else fold - asha,
+                          "fifo_gap": None if fifo is None or fold is None else fifo - fold}
+    figures, reasons = {}, {}
+    for key, name in (("racing_epoch_ratio", "epoch_ratio"), ("racing_acc_gain", "acc_gain"),
+                      ("racing_fifo_gap", "fifo_gap")):
+        values = [d[name] for d in per_seed.values() if d[name] is not None]
+        figures[key] = statistics.median(values) if values else None
+        if not values:
+            reasons[key] = "no seed's searches all completed a trial at max_t: no best accuracy"
+    return figures, per_seed, reasons
+
+
+def bench_racing(quick: bool, racing_args: list[str]) -> tuple[dict, dict, dict]:
+    """Fold-paired ASHA against ASHA and FIFO: the hpo group's search, per seed, with each scheduler."""
+    base = (SMOKE_SEARCH if quick else list(HPO_ARGS)) + racing_args
+    runs = {seed: run_searches(base + ["--search-seed", str(seed)], RACING_SCHEDULERS)
+            for seed in (RACING_SEEDS[:1] if quick else RACING_SEEDS)}
+    figures, per_seed, reasons = racing_figures(runs)
+    return figures, {"per_seed": per_seed, "runs": runs}, reasons
+
+
 # ---------------------------------------------------------------- figure 5: time to accuracy
 
 def train_to_accuracy(data, model_cfg: ModelConfig, train_cfg: TrainConfig, device, n_train: int | None = None,
@@ -548,6 +586,9 @@ GOALS = (
     ("best_test_acc_15min", "best test accuracy within 15 minutes of training", "", None),
     ("full_ensemble_test_acc", "test accuracy of the full preset's best 5-fold ensemble", ">= 0.945",
      lambda v: v >= 0.945),
+    ("racing_epoch_ratio", "epochs fold-asha / epochs ASHA, same seed and trials (median of 5 seeds)", "", None),
+    ("racing_acc_gain", "best fold-mean accuracy fold-asha minus ASHA (median of 5 seeds)", "", None),
+    ("racing_fifo_gap", "best fold-mean accuracy FIFO minus fold-asha (median of 5 seeds)", "", None),
 )
 TABLE_BEGIN, TABLE_END = "<!-- bench.py table: begin -->", "<!-- bench.py table: end -->"
 
@@ -587,9 +628,9 @@ def main(argv=None) -> int:
     parser = ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="reduced sizes (a few minutes): checks the plumbing")
     parser.add_argument("--out", default=str(ROOT / "bench.json"), help="where to write (default: bench.json)")
-    parser.add_argument("--only", default=",".join(GROUPS),
-                        help=f"comma-separated groups to measure, of {', '.join(GROUPS)}; the others keep "
-                             f"their values from --out")
+    parser.add_argument("--only", default=",".join(DEFAULT_GROUPS),
+                        help=f"comma-separated groups to measure, of {', '.join(GROUPS)} (default all but "
+                             f"racing); the others keep their values from --out")
     parser.add_argument("--repeats", type=int, default=None, help="throughput repeats (default 5, --quick 2)")
     parser.add_argument("--seed-workers", type=int, default=0,
                         help="DataLoader workers of the seed pipeline baseline (default 0: see BENCHMARKS.md)")
@@ -605,6 +646,8 @@ def main(argv=None) -> int:
                                                           "'--num-samples 12'")
     parser.add_argument("--hpo-args", default="", help="extra tune.py flags for both HPO searches (after "
                                                        f"{' '.join(HPO_ARGS)}), e.g. '--limit-train 10000'")
+    parser.add_argument("--racing-args", default="", help="extra tune.py flags for the racing searches (after "
+                                                          f"{' '.join(HPO_ARGS)})")
     parser.add_argument("--ensemble-run", default=None, type=Path,
                         help="a finished run of the full preset, with its report: figure 6 is its 5-fold "
                              "ensemble's test accuracy (default: not measured, an estimate of the time only)")
@@ -645,6 +688,8 @@ def main(argv=None) -> int:
             figures, details, reasons = bench_hpo(args.quick, args.hpo_args.split())
         elif group == "accuracy":
             figures, details, reasons = bench_accuracy(data, device, args.quick)
+        elif group == "racing":
+            figures, details, reasons = bench_racing(args.quick, args.racing_args.split())
         else:
             figures, details, reasons = bench_ensemble(data, device, args.quick, args.ensemble_run)
         for key in GROUPS[group]:  # a null figure carries its reason; a measured one drops an old reason
@@ -656,6 +701,10 @@ def main(argv=None) -> int:
         notes["runs"][group] = {"command": "python experiments/bench.py " + " ".join(argv or sys.argv[1:]),
                                 "started": started, "load_avg_before": load_before, "load_avg_after": load_avg(),
                                 "quick": args.quick, "priority": priority()}
+    for group, keys in GROUPS.items():  # never measured, here or in --out
+        for key in keys:
+            if out[key] is None and key not in notes:
+                notes[key] = f"not measured: python experiments/bench.py --only {group}"
     if device.type == "cpu":
         notes["gpu"] = "no GPU on this machine: the GPU goals (>= 5x the seed pipeline, bf16 MFU) are not measured"
     out.update(machine=machine(), versions=versions(), repeats=repeats, notes=notes)

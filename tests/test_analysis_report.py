@@ -39,6 +39,8 @@ def expected_figures(run_dir: Path) -> set[str]:
         out |= {"importances", "parallel_coordinates"}
     if deepest_shared_epoch(epochs, folds, 2) is not None:
         out.add("significance")
+    if (run_dir / "rungs.parquet").is_file():  # ASHA's rung decisions (distributed/racing.py)
+        out.add("rungs")
     return out
 
 

@@ -14,7 +14,8 @@ bench = load_script("bench")
 
 TOP_LEVEL = {"throughput_img_s", "throughput_vs_compute_only", "throughput_vs_seed_pipeline", "mfu",
              "overhead_fraction", "asha_epoch_ratio", "asha_acc_gap", "time_to_93_s", "best_test_acc_15min",
-             "full_ensemble_test_acc", "trial_start_latency_s", "search_start_s", "quick_search_wall_s", "machine", "versions", "repeats", "notes"}
+             "full_ensemble_test_acc", "trial_start_latency_s", "search_start_s", "quick_search_wall_s", "racing_epoch_ratio", "racing_acc_gain",
+             "racing_fifo_gap", "machine", "versions", "repeats", "notes"}
 # mfu is not among them: --quick times 2 short passes against a 3-matmul peak, which can put it above 1
 # (1.04-1.05 seen on 2026-12-01 when the suite ran test_config first); the plumbing check asserts it positive.
 FRACTIONS = ("overhead_fraction", "best_test_acc_15min", "full_ensemble_test_acc")
@@ -98,6 +99,26 @@ def test_quick_run_writes_a_well_formed_bench_json(ray_local, tmp_path):
     assert b["full_ensemble_test_acc"] is None and "--ensemble-run" in b["notes"]["full_ensemble_test_acc"]
 
 
+def test_racing_figures_are_medians_over_seeds_of_the_paired_differences():
+    def run(epochs, best):
+        return {"epochs_run_total": epochs, "best_val_acc_mean": best}
+    runs = {0: {"fifo": run(192, 0.86), "asha": run(40, 0.84), "fold-asha": run(60, 0.85)},
+            1: {"fifo": run(192, 0.80), "asha": run(50, 0.80), "fold-asha": run(50, 0.78)},
+            2: {"fifo": run(192, 0.90), "asha": run(32, None), "fold-asha": run(64, 0.88)}}
+    figures, per_seed, reasons = bench.racing_figures(runs)
+    assert per_seed[0] == pytest.approx({"epoch_ratio": 1.5, "acc_gain": 0.01, "fifo_gap": 0.01})
+    assert per_seed[2]["epoch_ratio"] == 2.0 and per_seed[2]["acc_gain"] is None
+    assert per_seed[2]["fifo_gap"] == pytest.approx(0.02)
+    assert figures["racing_epoch_ratio"] == 1.5                    # median of 1.5, 1.0, 2.0
+    assert figures["racing_acc_gain"] == pytest.approx(-0.005)     # median of 0.01, -0.02 (seed 2 has none)
+    assert figures["racing_fifo_gap"] == pytest.approx(0.02)       # median of 0.01, 0.02, 0.02
+    assert reasons == {}
+    none = {0: {s: run(10, None) for s in ("fifo", "asha", "fold-asha")}}
+    figures, _, reasons = bench.racing_figures(none)
+    assert figures["racing_acc_gain"] is None and set(reasons) == {"racing_acc_gain", "racing_fifo_gap"}
+    assert bench.DEFAULT_GROUPS == ("throughput", "search", "hpo", "accuracy", "ensemble")
+
+
 def test_the_markdown_table_shows_each_figure_against_its_goal(tmp_path):
     out = {key: None for key, *_ in bench.GOALS}
     out.update(mfu=0.61, overhead_fraction=0.5, asha_epoch_ratio=3.2, throughput_img_s=900.0,
@@ -111,7 +132,7 @@ def test_the_markdown_table_shows_each_figure_against_its_goal(tmp_path):
     assert text.startswith("# Benchmarks\n\nintro\n\n<!-- bench.py table: begin -->") and text.endswith("-->\n\nafter\n")
     assert "stale row" not in text and text.count("<!-- bench.py table: begin -->") == 1
     rows = {line.split("`")[1]: line.split(" | ")[1:] for line in text.splitlines() if line.startswith("| `")}
-    assert len(rows) == 13
+    assert len(rows) == 16
     assert rows["mfu"] == ["0.61", ">= 0.60", "yes |"]
     assert rows["overhead_fraction"] == ["0.5", "<= 0.15", "**no** |"]
     assert rows["asha_epoch_ratio"] == ["3.2", ">= 3", "yes |"]

@@ -45,7 +45,7 @@ def test_leaf_names_unique_and_cover_searchable():
     (dict(lr=0.0), "--lr 0.0: must be > 0"),
     (dict(dropout=1.0), r"--dropout 1.0: must be in \[0, 1\)"),
     (dict(depth=4), "--depth 4: must be 1, 2 or 3"),
-    (dict(scheduler="hyperband"), "--scheduler hyperband: choose 'asha' or 'fifo'"),
+    (dict(scheduler="hyperband"), "--scheduler hyperband: choose 'asha', 'fold-asha' or 'fifo'"),
     (dict(space=("lr", "momentum")), "--space momentum: not searchable"),
     (dict(grace_period=9), r"--grace-period 9: must be between 1 and --epochs \(6\)"),
     (dict(num_gpus=-1.0), "--num-gpus -1.0: must be >= 0"),

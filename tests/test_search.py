@@ -62,16 +62,16 @@ def test_space_function_is_picklable():
 
 
 @pytest.mark.parametrize("preset", ["smoke", "quick", "full"])
-def test_asha_takes_epochs_budget_and_rungs_from_the_config(preset):
+def test_asha_takes_epochs_budget_and_rungs_from_the_config(preset, tmp_path):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from distributed.tuner import make_scheduler
     cfg = PRESETS[preset]
-    asha = make_scheduler(cfg)
+    asha = make_scheduler(cfg, tmp_path)
     assert isinstance(asha, ASHAScheduler)
     assert asha._time_attr == "epoch" and asha._max_t == cfg.train.epochs
     # rungs: grace_period * reduction_factor**k below max_t, e.g. full (30 epochs, grace 3, rf 3) -> 27, 9, 3
     g, rf = cfg.search.grace_period, cfg.search.reduction_factor
     expected = [g * rf ** k for k in range(10) if g * rf ** k < cfg.train.epochs]
     assert sorted(milestone for milestone, _ in asha._brackets[0]._rungs) == expected
-    assert isinstance(make_scheduler(override(cfg, scheduler="fifo")), FIFOScheduler)
+    assert isinstance(make_scheduler(override(cfg, scheduler="fifo"), tmp_path), FIFOScheduler)

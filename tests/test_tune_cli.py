@@ -67,7 +67,7 @@ CASES = [
     (["--epochs", "0"], "--epochs 0: must be a positive integer"),
     (["--num-samples", "-1"], "--num-samples -1: must be a positive integer"),
     (["--epochs", "three"], "argument --epochs: invalid"),
-    (["--scheduler", "pbt"], "--scheduler pbt: choose 'asha' or 'fifo'"),
+    (["--scheduler", "pbt"], "--scheduler pbt: choose 'asha', 'fold-asha' or 'fifo'"),
     (["--space", "lr,momentum"], "--space momentum: not searchable"),
     (["--bogus-flag", "1"], "unrecognized arguments: --bogus-flag"),
     (["--name", "old"], "already exists: pass --resume"),
