@@ -42,24 +42,27 @@ RAY_RUNTIME_ENV = {"env_vars": {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
 
 
 def init_ray(address: str | None, **kwargs) -> None:
-    """ray.init: join `address`, or start a fresh local instance that knows its own address.
+    """ray.init: join `address` (Ray's own binding and auth, as the cluster was started), or start a fresh
+    local instance that knows its own address and listens on 127.0.0.1 only (distributed.netbind).
 
     With several Ray instances on one machine, Ray Train's placement-group cleaner finds "its" cluster by
     auto-detection, attaches to the newest one, and a finished trial's placement group is never freed (the
     next trial waits forever). A local instance therefore gets a GCS port picked here, and RAY_ADDRESS names
     it for every process it starts (raylet and workers inherit this process's environment).
     """
+    from distributed.netbind import LOOPBACK, keep_loopback, loopback_only
     if address:
-        ray.init(address=address, runtime_env=RAY_RUNTIME_ENV, **kwargs)
+        with keep_loopback(address):  # 127.0.0.1:PORT (another local search's instance) stays on loopback
+            ray.init(address=address, runtime_env=RAY_RUNTIME_ENV, **kwargs)
         return
-    from ray._private.services import get_node_ip_address
     with socket.socket() as sock:
         sock.bind(("", 0))
         port = sock.getsockname()[1]
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
-    os.environ["RAY_ADDRESS"] = f"{get_node_ip_address()}:{port}"
+    os.environ["RAY_ADDRESS"] = f"{LOOPBACK}:{port}"
     try:
-        ray.init(address="local", runtime_env=RAY_RUNTIME_ENV, **kwargs)
+        with loopback_only():
+            ray.init(address="local", runtime_env=RAY_RUNTIME_ENV, **kwargs)
     finally:
         del os.environ["RAY_GCS_SERVER_PORT"]  # only for the instance started here
 

@@ -109,8 +109,9 @@ def main(argv=None) -> int:
         encoder = clip.load_encoder(weights, clip.local_device(num_gpus), args.batch_size)
         if num_gpus > 1:
             import ray
-            if not ray.is_initialized():
-                ray.init(log_to_driver=False, configure_logging=False)  # RAY_ADDRESS joins a running cluster
+            if not ray.is_initialized():  # RAY_ADDRESS joins a running cluster; else a local one, on loopback
+                from distributed.tuner import init_ray
+                init_ray(os.environ.get("RAY_ADDRESS"), log_to_driver=False, configure_logging=False)
             if ray.cluster_resources().get("GPU", 0) < num_gpus:
                 raise ConfigError(f"--num-gpus {num_gpus}: the Ray cluster has {ray.cluster_resources().get('GPU', 0):g}")
     except ConfigError as e:

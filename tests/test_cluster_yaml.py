@@ -144,3 +144,47 @@ def test_one_pre_created_security_group_for_both_node_types_and_efs(cluster):
     assert "IpProtocol=-1,UserIdGroupPairs=[{GroupId=$SG}]" in text  # all traffic within the group: Ray, NFS
     readme = (ROOT / "README.md").read_text()
     assert SG_PLACEHOLDER in readme and "create-mount-target" in readme
+
+
+# --- Ray's token authentication on every node (test_token_auth.py runs the flow on a real local head) --------
+
+def test_the_head_makes_the_token_and_its_autoscaler_copies_it_to_every_worker(cluster, tmp_path, monkeypatch):
+    """The token lives on the head (made at its setup, Ray's default path), every `ray start` runs in token mode,
+    and Ray's own node updater, as the head's autoscaler builds it for a new worker, copies the head's token file
+    to the same path on the worker before the worker's setup and start."""
+    from ray.autoscaler._private.updater import NodeUpdater
+    from ray.autoscaler._private.util import prepare_config
+    assert any(c.endswith("ray get-auth-token --generate > /dev/null") for c in cluster["head_setup_commands"])
+    assert not any("get-auth-token" in c for c in cluster["setup_commands"] + cluster["worker_setup_commands"])
+    starts = [c for c in cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2 and all(c.startswith("export RAY_AUTH_MODE=token;") for c in starts)
+    synced = prepare_config(copy.deepcopy(cluster))["cluster_synced_files"]
+    assert synced == ["~/.ray/auth_token"]
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # the head's home; never this machine's ~/.ray
+    from ray._private.authentication.authentication_token_setup import _get_default_token_path
+    token = _get_default_token_path()  # where `ray get-auth-token --generate` writes it
+    assert token == tmp_path / ".ray" / "auth_token"
+    token.parent.mkdir()
+    token.write_text("t" * 32)
+
+    class Runner:  # the worker's shell, as the head's SSH runner would reach it
+        def run(self, cmd, **kwargs):
+            pass
+
+    class Provider:
+        def get_command_runner(self, *args):
+            return Runner()
+
+    updater = NodeUpdater("worker-1", {"type": "aws"}, Provider(), cluster["auth"], cluster["cluster_name"],
+                          file_mounts={}, initialization_commands=[], setup_commands=[], ray_start_commands=[],
+                          runtime_hash="", file_mounts_contents_hash="", is_head_node=False,
+                          cluster_synced_files=synced)
+    copied = []
+    updater.sync_file_mounts(lambda src, dst, **kwargs: copied.append((src, dst)))
+    assert copied == [(str(token), str(token))]  # head's ~/.ray/auth_token -> worker's ~/.ray/auth_token
+
+    # the README fetches the same file from the head (ssh_user's home) for the machine that submits jobs
+    readme = (ROOT / "README.md").read_text()
+    fetch = f"ray rsync-down cluster.yaml /home/{cluster['auth']['ssh_user']}/.ray/auth_token"
+    assert fetch in readme and fetch in (ROOT / "cluster.yaml").read_text()
