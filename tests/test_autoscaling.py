@@ -73,11 +73,13 @@ class AutoscalingHead:
 
     def nodes(self) -> list[dict]:
         """The cluster's alive nodes, asked from a fresh driver (this process may hold another Ray instance)."""
-        out = subprocess.run([sys.executable, "-c", "import json, ray; ray.init(); print(json.dumps("
-                              "[n['NodeID'] for n in ray.nodes() if n['Alive']]))"],
+        out = subprocess.run([sys.executable, "-c", "import json, ray; ray.init(log_to_driver=False); "
+                              "print('NODES=' + json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))"],
                              env=self.env, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr[-2000:]
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        # the driver may print the autoscaler's events too ("(autoscaler +3s) Resized to ...")
+        line, = (x for x in out.stdout.splitlines() if x.startswith("NODES="))
+        return json.loads(line[len("NODES="):])
 
     def wait_up(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout

@@ -74,7 +74,8 @@ def test_a_disk_that_fills_mid_search_stops_it_cleanly_and_resume_finishes_it(sm
     summary = json.loads((run / "summary.json").read_text())
     trials = pd.read_parquet(run / "trials.parquet")
     epochs = pd.read_parquet(run / "epochs.parquet")
-    assert summary["n_trials"] == len(trials) < 4 + 1 and len(epochs) >= 3  # the first epoch's 3 folds at least
+    # stopped within about a second of the first fold checkpoint: at most that trial's first epochs are in
+    assert 1 <= summary["n_trials"] == len(trials) <= 4 and set(epochs.trial_id) <= set(trials.trial_id)
     with sqlite3.connect(run / "optuna.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     for state in (run / "tune").glob("experiment_state-*.json"):

@@ -289,6 +289,7 @@ def test_a_real_fold_asha_smoke_search_records_every_rung(ray_local, tmp_path):
         assert why[tid].startswith("rung " if status == "pruned" else "ran the full budget")
 
 
+@pytest.mark.slow  # 80 s: make test stays under 30 minutes (`make test-all` runs it)
 @pytest.mark.ray
 @pytest.mark.faults
 def test_driver_killed_right_after_a_rung_decision_resumes_with_the_same_rungs(tmp_path):

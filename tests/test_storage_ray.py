@@ -49,7 +49,7 @@ def test_search_report_and_resume_with_s3_storage(s3_server, tmp_path):
 
     # ---- the report, on a machine that has only the URI
     out = run("report", [f"{uri}/s3run", "--no-umap"], laptop, s3_server.env)
-    assert "fetched 5 file(s)" in out.stdout and "fetched the best trial's fold checkpoints" in out.stdout
+    assert "fetched 6 file(s)" in out.stdout and "fetched the best trial's fold checkpoints" in out.stdout
     copy = laptop / "results" / "s3run"
     metrics = json.loads((copy / "report" / "metrics.json").read_text())
     assert 0.1 < metrics["test_acc"] <= 1 and len(metrics["test_acc_per_fold"]) == 3
@@ -60,7 +60,7 @@ def test_search_report_and_resume_with_s3_storage(s3_server, tmp_path):
     # ---- --resume where the driver's working copy is not: fetched from the bucket, nothing retrained
     out = run("tune", ["--preset", "smoke", "--name", "s3run", "--storage-path", uri, "--num-samples", "1",
                        "--resume"], other, s3_server.env)
-    assert "--resume: fetched 5 file(s) of s3://runs-bucket/team/s3run" in out.stdout
+    assert "--resume: fetched 6 file(s) of s3://runs-bucket/team/s3run" in out.stdout
     assert "started" not in out.stdout  # no trial ran again
     resumed = json.loads((other / "results" / "s3run" / "summary.json").read_text())
     assert (resumed["n_trials"], resumed["best_trial_id"], resumed["epochs_run_total"]) == (1, summary["best_trial_id"], 3)
