@@ -20,6 +20,17 @@ def load_script(name: str):
     return module
 
 
+def kill_processes(procs) -> None:
+    """SIGKILL each psutil.Process (gone ones are skipped) and wait for them: a test's own Ray head and nodes."""
+    import psutil
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
+
+
 @pytest.fixture(scope="session")
 def fmnist():
     from distributed.config import DataConfig

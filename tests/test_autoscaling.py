@@ -97,12 +97,8 @@ class AutoscalingHead:
             procs = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
             return
-        for p in procs:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(procs, timeout=30)
+        from conftest import kill_processes
+        kill_processes(procs)
         self.log.close()
 
 

@@ -96,12 +96,8 @@ class Head:
                     mine.append(p)
             except psutil.Error:
                 pass
-        for p in mine:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(mine, timeout=30)
+        from conftest import kill_processes
+        kill_processes(mine)
         self.log.close()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
