@@ -35,6 +35,9 @@ class ConfigError(ValueError):
     """Bad input or configuration: the CLIs print it as one line and exit with code 2."""
 
 
+EXIT_DISK_FULL = 1  # SearchStopped's code for a full disk: the run is fine and resumes once there is room
+
+
 class SearchStopped(RuntimeError):
     """The search stopped early, its run directory intact and resumable (say a full disk): one line, `code`."""
 

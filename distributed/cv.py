@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from distributed import storage
-from distributed.io import free_bytes, is_disk_full, low_disk_message
+from distributed.io import is_disk_full, low_disk_message
 from distributed.config import ConfigError, apply_hparams, from_dict
 from distributed.model import make_model
 from distributed.train import evaluate, make_optimizer, steps_per_epoch, train_one_epoch
@@ -221,7 +221,7 @@ def fold_worker(loop_config: dict) -> None:
         except Exception as e:  # the trial's own failure (say a bad value): the trial errors, the slot goes on
             if is_disk_full(e):  # not the trial's fault: the search stops, the trial resumes later
                 ray.get(coordinator.stop_search.remote(
-                    f"{low_disk_message(run_root, free_bytes(run_root), cfg.resources.min_free_mb)} "
+                    f"{low_disk_message(run_root, cfg.resources.min_free_mb)} "
                     f"(a fold checkpoint could not be written: {e})", 1))
             else:
                 ray.get(coordinator.fold_error.remote(job["trial_id"], fold,

@@ -17,9 +17,9 @@ import ray
 import ray.tune
 
 from distributed import io
+from distributed.config import EXIT_DISK_FULL
 from distributed.interrupt import stop_tune
 
-EXIT_DISK_FULL = 1  # the run is fine and resumes once there is room: not bad input
 CHECK_EVERY_S = 1.0
 
 
@@ -43,10 +43,9 @@ class StopGuard(ray.tune.Callback):
             stop_tune()
 
     def problem(self) -> tuple[str, int] | None:
-        if self.disk is not None:
-            free = io.free_bytes(self.disk)
-            if free < self.min_free_mb * 2**20:
-                return io.low_disk_message(self.disk, free, self.min_free_mb), EXIT_DISK_FULL
+        low = io.low_disk(self.disk, self.min_free_mb) if self.disk is not None else None
+        if low:
+            return low, EXIT_DISK_FULL
         if self.coordinator is not None:
             fatal = ray.get(self.coordinator.fatal_error.remote())
             if fatal is not None:

@@ -33,9 +33,17 @@ def free_bytes(path) -> int:
     return shutil.disk_usage(path).free
 
 
-def low_disk_message(path, free: int, need_mb: int) -> str:
+def low_disk_message(path, need_mb: int, free: int | None = None) -> str:
+    """The one line for a run whose disk is (nearly) full: where, how much is free, the --min-free-mb bound."""
+    free = free_bytes(path) if free is None else free
     return (f"no space left for the run in {path}: {free / 2**20:.1f} MB free on its file system, the search "
             f"stops below {need_mb} MB (--min-free-mb)")
+
+
+def low_disk(path, need_mb: int) -> str | None:
+    """low_disk_message when the file system of path has less than need_mb MB free, else None."""
+    free = free_bytes(path)
+    return low_disk_message(path, need_mb, free) if free < need_mb * 2**20 else None
 
 
 def write_bytes_atomic(path, data: bytes) -> None:

@@ -98,10 +98,9 @@ def prepare_run(cfg: ExperimentConfig) -> tuple[Path, dict, dict]:
     run_dir = storage.local_run_dir(cfg.storage_path, cfg.name)
     store = storage.parse_storage_uri(cfg.storage_path)
     check_writable(run_dir)
-    free = io.free_bytes(run_dir)
-    if free < cfg.resources.min_free_mb * 2**20:  # it would stop at its first check (distributed.guard)
-        raise ConfigError(io.low_disk_message(run_dir, free, cfg.resources.min_free_mb)
-                          + "; free some space, or lower --min-free-mb")
+    low = io.low_disk(run_dir, cfg.resources.min_free_mb)  # it would stop at its first check (distributed.guard)
+    if low:
+        raise ConfigError(f"{low}; free some space, or lower --min-free-mb")
     if run_dir.exists() and not cfg.resume:
         raise ConfigError(f"run directory {run_dir} already exists: pass --resume to continue it, "
                           f"or choose another --name")

@@ -16,14 +16,17 @@ from pathlib import Path
 from distributed.config import ConfigError
 
 
+SHARED_STORAGE_HINT = ("a multi-node search needs a directory every node mounts (NFS/EFS, see cluster.yaml) "
+                       "or a bucket (s3://, gs://)")
+
+
 def storage_problem(path: str, visible: dict[str, bool]) -> str | None:
     """The error message for a probe result {node id: saw the probe file}, or None when every node saw it."""
     blind = sorted(node for node, seen in visible.items() if not seen)
     if not blind:
         return None
     return (f"--storage-path {path}: not shared by all {len(visible)} nodes of the Ray cluster "
-            f"(not visible on node(s) {', '.join(n[:12] for n in blind)}); a multi-node search needs a "
-            f"directory every node mounts (NFS/EFS, see cluster.yaml) or a bucket (s3://, gs://)")
+            f"(not visible on node(s) {', '.join(n[:12] for n in blind)}); {SHARED_STORAGE_HINT}")
 
 
 def _probe(path: str) -> bool:
@@ -40,8 +43,7 @@ def blind_node_problem(run_root: str, node: dict, slot: int, fold: int) -> str:
     """The one-line error for a fold worker whose node cannot see the run directory."""
     return (f"--storage-path {os.path.dirname(run_root)}: the run directory {run_root} is not visible on node "
             f"{node['node_ip']} ({node['node_id'][:12]}), where fold worker {fold} of slot {slot} started; "
-            f"a multi-node search needs a directory every node mounts (NFS/EFS, see cluster.yaml) or a bucket "
-            f"(s3://, gs://)")
+            f"{SHARED_STORAGE_HINT}")
 
 
 def check_shared_storage(storage_path: str) -> int:

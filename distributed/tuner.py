@@ -22,9 +22,9 @@ import ray
 import ray.tune
 
 from distributed import io, retention, storage, tables
-from distributed.config import METRIC, MODE, ConfigError, ExperimentConfig, SearchStopped
+from distributed.config import EXIT_DISK_FULL, METRIC, MODE, ConfigError, ExperimentConfig, SearchStopped
 from distributed.search import make_searcher
-from distributed.guard import EXIT_DISK_FULL, StopGuard
+from distributed.guard import StopGuard
 from distributed.racing import FoldASHA
 from distributed.slots import SLOT_ENV, SlotCallback, Slots
 from distributed.trial import TRIAL_CPU, run_trial
@@ -267,8 +267,7 @@ def _search(cfg, run_dir, meta, slots, parent, run_root, store) -> dict:
     except Exception as e:  # a write of Tune's or Optuna's own found the disk full before the guard did
         if not io.is_disk_full(e):
             raise
-        free = io.free_bytes(run_dir)
-        raise SearchStopped(io.low_disk_message(run_dir, free, cfg.resources.min_free_mb), EXIT_DISK_FULL) from e
+        raise SearchStopped(io.low_disk_message(run_dir, cfg.resources.min_free_mb), EXIT_DISK_FULL) from e
     meta["engine"].update(slots.stats())
     if store:  # the final tables read the trial logs Tune has now written to the bucket
         storage.download(store, cfg.name, run_dir, "tune")

@@ -20,8 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from distributed.cli import (ArgumentParser, add_config_flags, config_from_args, fail,  # noqa: E402
                              preset_from_args)
-from distributed.config import METRIC, ConfigError, SearchStopped, validate  # noqa: E402
-from distributed.guard import EXIT_DISK_FULL  # noqa: E402
+from distributed.config import EXIT_DISK_FULL, METRIC, ConfigError, SearchStopped, validate  # noqa: E402
 from distributed.interrupt import EXIT_CODE, Interrupt  # noqa: E402
 from distributed.run import prepare_run, start_run_dir  # noqa: E402
 
