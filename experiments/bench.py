@@ -13,14 +13,15 @@ The six figures of issue 6, each against a baseline run in the same process:
               (flip TTA, as the recipe says), and the best test accuracy within 15 minutes.
   ensemble    the full preset's 5-fold ensemble: read from a finished full-preset run and its report
               (--ensemble-run RUN_DIR); without one, only an estimate of its training time.
-  racing      (only with --only racing: 15 searches, hours) the hpo group's search with FIFO, ASHA and
-              fold-asha for each of 5 Optuna seeds: fold-asha's epochs over ASHA's and the best accuracies.
+  racing      (only with --only racing: 15 searches, about 3 hours on 2 cores) the hpo group's search with FIFO,
+              ASHA and fold-asha for each of 5 Optuna seeds: per scheduler the epochs used, the best
+              fold-mean accuracy, the regret against FIFO's best and how often it stopped FIFO's winner.
 
     python experiments/bench.py                          # everything, into bench.json (about an hour on 2 cores)
     python experiments/bench.py --quick --out /tmp/b.json  # reduced sizes, a few minutes: checks the plumbing
     python experiments/bench.py --only throughput        # re-measure some groups, keep the others in --out
     python experiments/bench.py --only ensemble --ensemble-run results/full   # figure 6 from a full run
-    python experiments/bench.py --only racing            # fold-asha against ASHA and FIFO, 5 seeds
+    python experiments/bench.py --only racing --racing-dir racing   # fold-asha against ASHA and FIFO, 5 seeds
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from distributed.augment import to_input  # noqa: E402
-from distributed.cli import ArgumentParser  # noqa: E402
+from distributed.cli import ArgumentParser, add_config_flags, config_from_args  # noqa: E402
 from distributed.config import (PRESETS, ConfigError, DataConfig, ExperimentConfig, ModelConfig,  # noqa: E402
                                 TrainConfig, leaf_fields, load as load_config)
 from distributed.data import load  # noqa: E402
@@ -58,7 +59,8 @@ GROUPS = {
     "hpo": ("asha_epoch_ratio", "asha_acc_gap"),
     "accuracy": ("time_to_93_s", "best_test_acc_15min"),
     "ensemble": ("full_ensemble_test_acc",),
-    "racing": ("racing_epoch_ratio", "racing_acc_gain", "racing_fifo_gap"),
+    "racing": ("racing_regret_asha", "racing_regret_fold_asha", "racing_asha_stops_fifo_winner",
+               "racing_fold_asha_stops_fifo_winner", "racing_epoch_ratio"),
 }
 DEFAULT_GROUPS = tuple(g for g in GROUPS if g != "racing")  # racing is 15 searches: asked for by name
 FIGURES = tuple(k for keys in GROUPS.values() for k in keys)
@@ -375,34 +377,141 @@ def bench_hpo(quick: bool, hpo_args: list[str]) -> tuple[dict, dict, dict]:
     return figures, runs, reasons
 
 
+def racing_run(run_dir: Path) -> dict:
+    """What the racing figures need from a finished search: its epochs, best fold-mean accuracy, the searched
+    values of its best trial, and per trial the searched values, status and epochs run."""
+    import pandas as pd
+    summary = json.loads((run_dir / "summary.json").read_text())
+    space = json.loads((run_dir / "config.json").read_text())["search"]["space"]
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    best = summary["best_config"]
+    return {"epochs_run_total": int(summary["epochs_run_total"]), "max_epochs": int(summary["max_epochs"]),
+            "best_val_acc_mean": (summary["best_cv"] or {}).get("val_acc_mean"), "best_trial_id": summary["best_trial_id"],
+            "best_config": None if best is None else {k: best[k] for k in space},
+            "trials": [{"trial_id": r.trial_id, "status": r.status, "epochs_run": int(r.epochs_run),
+                        "config": {k: getattr(r, f"config_{k}") for k in space}} for r in trials.itertuples()],
+            "wall_s": float(summary["wall_s"])}
+
+
+def same_config(a: dict, b: dict) -> bool:
+    """The same searched values (Optuna's start-up draws are identical floats across searches with one seed)."""
+    return a.keys() == b.keys() and all(math.isclose(float(a[k]), float(b[k]), rel_tol=1e-9) for k in a)
+
+
+def stopped_config(run: dict, config: dict) -> bool | None:
+    """Whether `run` stopped a trial of `config` before max_t; None when no trial of it ran (TPE proposed others)."""
+    matches = [t for t in run["trials"] if same_config(t["config"], config)]
+    if not matches:
+        return None
+    return any(t["status"] == "pruned" or t["epochs_run"] < run["max_epochs"] for t in matches)
+
+
 def racing_figures(runs: dict) -> tuple[dict, dict, dict]:
-    """The racing group's figures from {seed: {scheduler: overhead_from_run dict}}: per seed, fold-asha's epochs
-    over ASHA's, its best fold-mean accuracy minus ASHA's, and FIFO's minus fold-asha's; the figures are the
-    medians over seeds (a seed whose search completed no trial has no accuracy). Returns (figures, per seed,
-    reasons for null figures)."""
+    """The racing group's figures from {seed: {scheduler: racing_run dict}}.
+
+    Per seed and scheduler: epochs used, best fold-mean accuracy, regret (FIFO's best minus this one's), and
+    whether it stopped the configuration FIFO ranks first (None: it never ran that configuration). Per
+    scheduler: median and range over seeds, and the count of seeds that stopped FIFO's winner. The figures:
+    fold-asha's epochs over ASHA's (median of the per-seed ratios), both median regrets, and both counts.
+    Returns (figures, {"per_seed": ..., "per_scheduler": ...}, reasons for null figures).
+    """
     per_seed = {}
     for seed, r in runs.items():
-        fifo, asha, fold = (r[s]["best_val_acc_mean"] for s in RACING_SCHEDULERS)
-        per_seed[seed] = {"epoch_ratio": r["fold-asha"]["epochs_run_total"] / r["asha"]["epochs_run_total"],
-                          "acc_gain": None if fold is None or asha is None else fold - asha,
-                          "fifo_gap": None if fifo is None or fold is None else fifo - fold}
-    figures, reasons = {}, {}
-    for key, name in (("racing_epoch_ratio", "epoch_ratio"), ("racing_acc_gain", "acc_gain"),
-                      ("racing_fifo_gap", "fifo_gap")):
-        values = [d[name] for d in per_seed.values() if d[name] is not None]
-        figures[key] = statistics.median(values) if values else None
-        if not values:
-            reasons[key] = "no seed's searches all completed a trial at max_t: no best accuracy"
-    return figures, per_seed, reasons
+        fifo = r["fifo"]
+        winner = fifo["best_config"]
+        per_seed[seed] = {}
+        for s in RACING_SCHEDULERS:
+            best = r[s]["best_val_acc_mean"]
+            per_seed[seed][s] = {
+                "epochs": r[s]["epochs_run_total"], "best": best,
+                "regret": None if best is None or fifo["best_val_acc_mean"] is None else fifo["best_val_acc_mean"] - best,
+                "stopped_fifo_winner": None if winner is None else stopped_config(r[s], winner)}
+        per_seed[seed]["epoch_ratio"] = r["fold-asha"]["epochs_run_total"] / r["asha"]["epochs_run_total"]
+    per_scheduler = {}
+    for s in RACING_SCHEDULERS:
+        rows = [d[s] for d in per_seed.values()]
+        per_scheduler[s] = {key: summarise(vals) if (vals := [x[key] for x in rows if x[key] is not None]) else None
+                            for key in ("epochs", "best", "regret")}
+        per_scheduler[s]["stopped_fifo_winner"] = sum(x["stopped_fifo_winner"] is True for x in rows)
+        per_scheduler[s]["fifo_winner_not_run"] = sum(x["stopped_fifo_winner"] is None for x in rows)
+        per_scheduler[s]["seeds"] = len(rows)
+    ratios = [d["epoch_ratio"] for d in per_seed.values()]
+    figures = {"racing_epoch_ratio": statistics.median(ratios) if ratios else None,
+               "racing_regret_asha": (per_scheduler["asha"]["regret"] or {}).get("median"),
+               "racing_regret_fold_asha": (per_scheduler["fold-asha"]["regret"] or {}).get("median"),
+               "racing_asha_stops_fifo_winner": per_scheduler["asha"]["stopped_fifo_winner"] if per_seed else None,
+               "racing_fold_asha_stops_fifo_winner": per_scheduler["fold-asha"]["stopped_fifo_winner"] if per_seed else None}
+    reasons = {key: "no seed's searches completed a trial at max_t in FIFO and in this scheduler: no regret"
+               for key in ("racing_regret_asha", "racing_regret_fold_asha") if figures[key] is None}
+    for key in ("racing_epoch_ratio", "racing_asha_stops_fifo_winner", "racing_fold_asha_stops_fifo_winner"):
+        if figures[key] is None:
+            reasons[key] = "no seed was run"
+    return figures, {"per_seed": per_seed, "per_scheduler": per_scheduler}, reasons
 
 
-def bench_racing(quick: bool, racing_args: list[str]) -> tuple[dict, dict, dict]:
-    """Fold-paired ASHA against ASHA and FIFO: the hpo group's search, per seed, with each scheduler."""
+def racing_table(details: dict) -> str:
+    """The racing group's per-scheduler Markdown table: median [min, max] over seeds."""
+    def span(d, fmt):
+        return "-" if d is None else f"{d['median']:{fmt}} [{d['min']:{fmt}}, {d['max']:{fmt}}]"
+    lines = ["| scheduler | epochs used | best fold-mean val accuracy | regret vs FIFO's best | "
+             "stopped FIFO's winner (seeds) |", "|---|---|---|---|---|"]
+    for s, d in details["per_scheduler"].items():
+        not_run = f", never ran it in {d['fifo_winner_not_run']}" if d["fifo_winner_not_run"] else ""
+        lines.append(f"| {s} | {span(d['epochs'], '.0f')} | {span(d['best'], '.4f')} | {span(d['regret'], '+.4f')} | "
+                     f"{d['stopped_fifo_winner']} of {d['seeds']}{not_run} |")
+    return "\n".join(lines)
+
+
+def racing_search_args(base: list[str], seed: int, scheduler: str) -> list[str]:
+    return base + ["--search-seed", str(seed), "--scheduler", scheduler]
+
+
+def matches_args(run_dir: Path, args: list[str]) -> bool:
+    """Whether a finished run in `run_dir` is the search tune.py `args` would run (data, model, train, cv and
+    search sections of its config.json), so the racing group can reuse it instead of running it again."""
+    from dataclasses import asdict
+    if not (run_dir / "summary.json").exists() or not (run_dir / "config.json").exists():
+        return False
+    parser = ArgumentParser(prog="tune.py")
+    add_config_flags(parser)
+    parsed = parser.parse_args(args + ["--name", run_dir.name, "--storage-path", str(run_dir.parent)])
+    want = json.loads(json.dumps(asdict(config_from_args(parsed, parsed.preset))))
+    have = json.loads((run_dir / "config.json").read_text())
+    return all(want[k] == have.get(k) for k in ("data", "model", "train", "cv", "search"))
+
+
+def bench_racing(quick: bool, racing_args: list[str], racing_dir: Path | None = None) -> tuple[dict, dict, dict]:
+    """Fold-paired ASHA against ASHA and FIFO: the hpo group's search, per seed, with each scheduler.
+
+    With racing_dir the 15 runs are kept there as seed{S}-{scheduler}, and a finished run of the same search is
+    reused (the three searches of a seed belong to one machine: see BENCHMARKS.md section 4)."""
+    import ray
     base = (SMOKE_SEARCH if quick else list(HPO_ARGS)) + racing_args
-    runs = {seed: run_searches(base + ["--search-seed", str(seed)], RACING_SCHEDULERS)
-            for seed in (RACING_SEEDS[:1] if quick else RACING_SEEDS)}
-    figures, per_seed, reasons = racing_figures(runs)
-    return figures, {"per_seed": per_seed, "runs": runs}, reasons
+    tune = load_script("tune")
+    runs, commands = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        storage = Path(racing_dir) if racing_dir is not None else Path(tmp)
+        for seed in (RACING_SEEDS[:1] if quick else RACING_SEEDS):
+            runs[seed] = {}
+            for scheduler in RACING_SCHEDULERS:
+                args, name = racing_search_args(base, seed, scheduler), f"seed{seed}-{scheduler}"
+                commands[name] = "python experiments/tune.py " + " ".join(args)
+                if matches_args(storage / name, args):
+                    print(f"racing: {name}: reusing the finished run in {storage / name}", flush=True)
+                else:
+                    if not ray.is_initialized():  # a private instance: see distributed.tuner.init_ray
+                        from distributed.tuner import init_ray
+                        init_ray(None, log_to_driver=False, configure_logging=False)
+                    print(f"racing: {name}: {commands[name]}", flush=True)
+                    code = tune.main(args + ["--name", name, "--storage-path", str(storage)])
+                    if code != 0:
+                        raise RuntimeError(f"{commands[name]} exited with {code}")
+                runs[seed][scheduler] = racing_run(storage / name)
+    figures, details, reasons = racing_figures(runs)
+    details.update(commands=commands, wall_s={f"seed{seed}-{s}": r[s]["wall_s"] for seed, r in runs.items()
+                                              for s in RACING_SCHEDULERS})
+    print(racing_table(details), flush=True)
+    return figures, details, reasons
 
 
 # ---------------------------------------------------------------- figure 5: time to accuracy
@@ -586,11 +695,22 @@ GOALS = (
     ("best_test_acc_15min", "best test accuracy within 15 minutes of training", "", None),
     ("full_ensemble_test_acc", "test accuracy of the full preset's best 5-fold ensemble", ">= 0.945",
      lambda v: v >= 0.945),
-    ("racing_epoch_ratio", "epochs fold-asha / epochs ASHA, same seed and trials (median of 5 seeds)", "", None),
-    ("racing_acc_gain", "best fold-mean accuracy fold-asha minus ASHA (median of 5 seeds)", "", None),
-    ("racing_fifo_gap", "best fold-mean accuracy FIFO minus fold-asha (median of 5 seeds)", "", None),
+    ("racing_regret_asha", "ASHA's regret: FIFO's best fold-mean accuracy minus ASHA's (median of 5 seeds)", "",
+     None),
+    ("racing_regret_fold_asha", "fold-asha's regret, the same way (median of 5 seeds)", "<= half of ASHA's",
+     lambda v, out: out.get("racing_regret_asha") is not None and v <= out["racing_regret_asha"] / 2),
+    ("racing_asha_stops_fifo_winner", "seeds in which ASHA stopped the configuration FIFO ranks first", "", None),
+    ("racing_fold_asha_stops_fifo_winner", "seeds in which fold-asha stopped it", "<= 1 of 5",
+     lambda v: v <= 1),
+    ("racing_epoch_ratio", "epochs fold-asha / epochs ASHA, same seed (median of 5 seeds)", "<= 1.5",
+     lambda v: v <= 1.5),
 )
 TABLE_BEGIN, TABLE_END = "<!-- bench.py table: begin -->", "<!-- bench.py table: end -->"
+
+
+def goal_met(check, value, out: dict) -> bool:
+    """A goal's check: of the figure alone, or (two arguments) of the figure and the others (a relative goal)."""
+    return check(value, out) if check.__code__.co_argcount == 2 else check(value)
 
 
 def markdown_table(out: dict) -> str:
@@ -606,7 +726,7 @@ def markdown_table(out: dict) -> str:
             shown, met = f"null: {out['notes'].get(key, 'not measured')}", "not measured"
         else:
             shown = f"{value:.4g}"
-            met = "" if check is None else ("yes" if check(value) else "**no**")
+            met = "" if check is None else ("yes" if goal_met(check, value, out) else "**no**")
         lines.append(f"| `{key}`: {label} | {shown} | {goal or '(reported)'} | {met} |")
     lines.append(TABLE_END)
     return "\n".join(lines)
@@ -648,6 +768,10 @@ def main(argv=None) -> int:
                                                        f"{' '.join(HPO_ARGS)}), e.g. '--limit-train 10000'")
     parser.add_argument("--racing-args", default="", help="extra tune.py flags for the racing searches (after "
                                                           f"{' '.join(HPO_ARGS)})")
+    parser.add_argument("--racing-dir", type=Path, default=None,
+                        help="keep the racing group's 15 runs here (seed{S}-{scheduler}) and reuse the finished "
+                             "ones of the same search, so an interrupted benchmark continues (default: a temporary "
+                             "directory)")
     parser.add_argument("--ensemble-run", default=None, type=Path,
                         help="a finished run of the full preset, with its report: figure 6 is its 5-fold "
                              "ensemble's test accuracy (default: not measured, an estimate of the time only)")
@@ -689,7 +813,7 @@ def main(argv=None) -> int:
         elif group == "accuracy":
             figures, details, reasons = bench_accuracy(data, device, args.quick)
         elif group == "racing":
-            figures, details, reasons = bench_racing(args.quick, args.racing_args.split())
+            figures, details, reasons = bench_racing(args.quick, args.racing_args.split(), args.racing_dir)
         else:
             figures, details, reasons = bench_ensemble(data, device, args.quick, args.ensemble_run)
         for key in GROUPS[group]:  # a null figure carries its reason; a measured one drops an old reason

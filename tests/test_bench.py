@@ -14,8 +14,8 @@ bench = load_script("bench")
 
 TOP_LEVEL = {"throughput_img_s", "throughput_vs_compute_only", "throughput_vs_seed_pipeline", "mfu",
              "overhead_fraction", "asha_epoch_ratio", "asha_acc_gap", "time_to_93_s", "best_test_acc_15min",
-             "full_ensemble_test_acc", "trial_start_latency_s", "search_start_s", "quick_search_wall_s", "racing_epoch_ratio", "racing_acc_gain",
-             "racing_fifo_gap", "machine", "versions", "repeats", "notes"}
+             "full_ensemble_test_acc", "trial_start_latency_s", "search_start_s", "quick_search_wall_s", "racing_epoch_ratio", "racing_regret_asha",
+             "racing_regret_fold_asha", "racing_asha_stops_fifo_winner", "racing_fold_asha_stops_fifo_winner", "machine", "versions", "repeats", "notes"}
 # mfu is not among them: --quick times 2 short passes against a 3-matmul peak, which can put it above 1
 # (1.04-1.05 seen on 2026-12-01 when the suite ran test_config first); the plumbing check asserts it positive.
 FRACTIONS = ("overhead_fraction", "best_test_acc_15min", "full_ensemble_test_acc")
@@ -99,29 +99,85 @@ def test_quick_run_writes_a_well_formed_bench_json(ray_local, tmp_path):
     assert b["full_ensemble_test_acc"] is None and "--ensemble-run" in b["notes"]["full_ensemble_test_acc"]
 
 
-def test_racing_figures_are_medians_over_seeds_of_the_paired_differences():
-    def run(epochs, best):
-        return {"epochs_run_total": epochs, "best_val_acc_mean": best}
-    runs = {0: {"fifo": run(192, 0.86), "asha": run(40, 0.84), "fold-asha": run(60, 0.85)},
-            1: {"fifo": run(192, 0.80), "asha": run(50, 0.80), "fold-asha": run(50, 0.78)},
-            2: {"fifo": run(192, 0.90), "asha": run(32, None), "fold-asha": run(64, 0.88)}}
-    figures, per_seed, reasons = bench.racing_figures(runs)
-    assert per_seed[0] == pytest.approx({"epoch_ratio": 1.5, "acc_gain": 0.01, "fifo_gap": 0.01})
-    assert per_seed[2]["epoch_ratio"] == 2.0 and per_seed[2]["acc_gain"] is None
-    assert per_seed[2]["fifo_gap"] == pytest.approx(0.02)
-    assert figures["racing_epoch_ratio"] == 1.5                    # median of 1.5, 1.0, 2.0
-    assert figures["racing_acc_gain"] == pytest.approx(-0.005)     # median of 0.01, -0.02 (seed 2 has none)
-    assert figures["racing_fifo_gap"] == pytest.approx(0.02)       # median of 0.01, 0.02, 0.02
+def racing_run(epochs, best, trials, best_config=None):
+    """A racing_run dict: trials as (lr, status, epochs run); FIFO's winner is best_config's lr."""
+    return {"epochs_run_total": epochs, "max_epochs": 16, "best_val_acc_mean": best, "best_trial_id": None,
+            "best_config": None if best_config is None else {"lr": best_config},
+            "trials": [{"trial_id": f"t{i}", "status": st, "epochs_run": e, "config": {"lr": lr}}
+                       for i, (lr, st, e) in enumerate(trials)], "wall_s": 1.0}
+
+
+def test_racing_figures_give_regret_against_fifo_and_count_the_stops_of_fifos_winner():
+    done, pruned = "completed", "pruned"
+    runs = {
+        # seed 0: FIFO's winner lr 0.003; ASHA stops it at epoch 1, fold-asha lets it run to the end
+        0: {"fifo": racing_run(48, 0.88, [(0.001, done, 16), (0.003, done, 16), (0.002, done, 16)], 0.003),
+            "asha": racing_run(24, 0.86, [(0.001, done, 16), (0.003, pruned, 1), (0.002, pruned, 4), (0.004, pruned, 3)]),
+            "fold-asha": racing_run(36, 0.88, [(0.001, done, 16), (0.003, done, 16), (0.002, pruned, 4)])},
+        # seed 1: both keep the winner (0.1 + 2e-12 is the same float draw, to the last digits)
+        1: {"fifo": racing_run(32, 0.80, [(0.1, done, 16), (0.2, done, 16)], 0.1),
+            "asha": racing_run(20, 0.80, [(0.1 + 2e-12, done, 16), (0.2, pruned, 4)]),
+            "fold-asha": racing_run(20, 0.79, [(0.1, done, 16), (0.2, pruned, 4)])},
+        # seed 2: TPE led ASHA elsewhere: the winner's configuration never ran there; fold-asha stopped it
+        2: {"fifo": racing_run(32, 0.90, [(0.5, done, 16), (0.6, done, 16)], 0.6),
+            "asha": racing_run(17, 0.87, [(0.5, done, 16), (0.7, pruned, 1)]),
+            "fold-asha": racing_run(32, 0.89, [(0.5, done, 16), (0.6, pruned, 4), (0.8, done, 16)])},
+    }
+    figures, details, reasons = bench.racing_figures(runs)
+    seed0 = details["per_seed"][0]
+    assert (seed0["asha"]["epochs"], seed0["asha"]["best"], seed0["asha"]["stopped_fifo_winner"]) == (24, 0.86, True)
+    assert seed0["asha"]["regret"] == pytest.approx(0.02)
+    assert seed0["fold-asha"]["regret"] == pytest.approx(0.0) and seed0["fold-asha"]["stopped_fifo_winner"] is False
+    assert seed0["fifo"]["regret"] == 0 and seed0["fifo"]["stopped_fifo_winner"] is False
+    assert details["per_seed"][1]["asha"]["stopped_fifo_winner"] is False
+    assert details["per_seed"][2]["asha"]["stopped_fifo_winner"] is None
+    assert [details["per_seed"][s]["epoch_ratio"] for s in (0, 1, 2)] == pytest.approx([1.5, 1.0, 32 / 17])
+    asha, fold = details["per_scheduler"]["asha"], details["per_scheduler"]["fold-asha"]
+    assert asha["regret"] == pytest.approx({"min": 0.0, "median": 0.02, "max": 0.03, "n": 3})
+    assert fold["regret"] == pytest.approx({"min": 0.0, "median": 0.01, "max": 0.01, "n": 3})
+    assert fold["epochs"] == {"min": 20, "median": 32, "max": 36, "n": 3}
+    assert (asha["stopped_fifo_winner"], asha["fifo_winner_not_run"]) == (1, 1)
+    assert (fold["stopped_fifo_winner"], fold["fifo_winner_not_run"]) == (1, 0)
+    assert figures == pytest.approx({"racing_epoch_ratio": 1.5, "racing_regret_asha": 0.02, "racing_regret_fold_asha": 0.01,
+                                     "racing_asha_stops_fifo_winner": 1, "racing_fold_asha_stops_fifo_winner": 1})
     assert reasons == {}
-    none = {0: {s: run(10, None) for s in ("fifo", "asha", "fold-asha")}}
-    figures, _, reasons = bench.racing_figures(none)
-    assert figures["racing_acc_gain"] is None and set(reasons) == {"racing_acc_gain", "racing_fifo_gap"}
+    table = bench.racing_table(details)
+    assert "| asha | 20 [17, 24] | 0.8600 [0.8000, 0.8700] | +0.0200 [+0.0000, +0.0300] | 1 of 3, never ran it in 1 |" in table
+    assert "| fold-asha | 32 [20, 36] |" in table and "| 1 of 3 |" in table
+    # a goal relative to another figure: half of ASHA's median regret
+    met = {key: check for key, _, _, check in bench.GOALS}["racing_regret_fold_asha"]
+    assert bench.goal_met(met, 0.01, figures) and not bench.goal_met(met, 0.011, figures)
+    # no search completed a trial: no regret, and why
+    none = {0: {s: racing_run(10, None, [(0.1, "pruned", 1)]) for s in ("fifo", "asha", "fold-asha")}}
+    figures, details, reasons = bench.racing_figures(none)
+    assert figures["racing_regret_fold_asha"] is None and set(reasons) == {"racing_regret_asha", "racing_regret_fold_asha"}
+    assert details["per_seed"][0]["asha"]["stopped_fifo_winner"] is None
     assert bench.DEFAULT_GROUPS == ("throughput", "search", "hpo", "accuracy", "ensemble")
+
+
+def test_the_racing_group_reuses_only_a_finished_run_of_the_same_search(tmp_path):
+    from dataclasses import asdict
+
+    args = bench.racing_search_args(list(bench.HPO_ARGS), 3, "fold-asha")
+    assert args[-4:] == ["--search-seed", "3", "--scheduler", "fold-asha"]
+    run = tmp_path / "seed3-fold-asha"
+    run.mkdir()
+    parser = bench.ArgumentParser(prog="tune.py")
+    bench.add_config_flags(parser)
+    cfg = bench.config_from_args(parser.parse_args(args + ["--name", run.name]), "quick")
+    (run / "config.json").write_text(bench.json.dumps(asdict(cfg)))
+    assert not bench.matches_args(run, args)  # no summary.json: the search did not finish
+    (run / "summary.json").write_text("{}")
+    assert bench.matches_args(run, args)
+    assert not bench.matches_args(run, bench.racing_search_args(list(bench.HPO_ARGS), 4, "fold-asha"))
+    assert not bench.matches_args(run, bench.racing_search_args(list(bench.HPO_ARGS), 3, "asha"))
+    assert not bench.matches_args(run, args + ["--epochs", "8"])
 
 
 def test_the_markdown_table_shows_each_figure_against_its_goal(tmp_path):
     out = {key: None for key, *_ in bench.GOALS}
     out.update(mfu=0.61, overhead_fraction=0.5, asha_epoch_ratio=3.2, throughput_img_s=900.0,
+               racing_regret_asha=0.004, racing_regret_fold_asha=0.003,
                machine={"cpu": "EPYC", "cores": 2, "gpu": None},
                versions={"torch": "2.14.1", "ray": "2.60.0", "optuna": "5.0.0"}, repeats=5,
                notes={"full_ensemble_test_acc": "not trained here"})
@@ -132,12 +188,13 @@ def test_the_markdown_table_shows_each_figure_against_its_goal(tmp_path):
     assert text.startswith("# Benchmarks\n\nintro\n\n<!-- bench.py table: begin -->") and text.endswith("-->\n\nafter\n")
     assert "stale row" not in text and text.count("<!-- bench.py table: begin -->") == 1
     rows = {line.split("`")[1]: line.split(" | ")[1:] for line in text.splitlines() if line.startswith("| `")}
-    assert len(rows) == 16
+    assert len(rows) == 18
     assert rows["mfu"] == ["0.61", ">= 0.60", "yes |"]
     assert rows["overhead_fraction"] == ["0.5", "<= 0.15", "**no** |"]
     assert rows["asha_epoch_ratio"] == ["3.2", ">= 3", "yes |"]
     assert rows["throughput_img_s"] == ["900", "(reported)", " |"]
     assert rows["full_ensemble_test_acc"] == ["null: not trained here", ">= 0.945", "not measured |"]
+    assert rows["racing_regret_fold_asha"] == ["0.003", "<= half of ASHA's", "**no** |"]  # 0.003 > 0.004 / 2
     assert "Machine: EPYC, 2 cores, GPU: none" in text
 
 
