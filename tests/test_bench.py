@@ -1,5 +1,6 @@
 """experiments/bench.py: the overhead arithmetic on a hand-made run directory, and a real `--quick` run
 checked for a well-formed bench.json (keys, types, ranges). No timing is asserted anywhere."""
+import argparse
 import json
 import math
 
@@ -172,6 +173,10 @@ def test_the_racing_group_reuses_only_a_finished_run_of_the_same_search(tmp_path
     assert not bench.matches_args(run, bench.racing_search_args(list(bench.HPO_ARGS), 4, "fold-asha"))
     assert not bench.matches_args(run, bench.racing_search_args(list(bench.HPO_ARGS), 3, "asha"))
     assert not bench.matches_args(run, args + ["--epochs", "8"])
+    assert bench.seed_list("0,2,5") == (0, 2, 5)
+    for bad, why in (("0,x", "comma-separated integers"), ("1,1", "a seed is repeated")):
+        with pytest.raises(argparse.ArgumentTypeError, match=why):
+            bench.seed_list(bad)
 
 
 def test_the_markdown_table_shows_each_figure_against_its_goal(tmp_path):
