@@ -156,6 +156,24 @@ def test_racing_figures_give_regret_against_fifo_and_count_the_stops_of_fifos_wi
     assert bench.DEFAULT_GROUPS == ("throughput", "search", "hpo", "accuracy", "ensemble")
 
 
+@pytest.mark.ray
+def test_racing_run_reads_a_real_search_and_finds_its_own_winner(smoke_run):
+    run_dir, code = smoke_run
+    assert code == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    run = bench.racing_run(run_dir)
+    assert (run["epochs_run_total"], run["max_epochs"]) == (summary["epochs_run_total"], summary["max_epochs"])
+    assert run["best_val_acc_mean"] == summary["best_cv"]["val_acc_mean"] and run["best_trial_id"] == summary["best_trial_id"]
+    assert len(run["trials"]) == len(trials) == summary["n_trials"]
+    space = json.loads((run_dir / "config.json").read_text())["search"]["space"]
+    assert set(run["best_config"]) == set(space) and all(set(t["config"]) == set(space) for t in run["trials"])
+    assert bench.stopped_config(run, run["best_config"]) is False  # the winner completed: it ran max_t epochs
+    pruned = [t for t in run["trials"] if t["status"] == "pruned"]
+    assert all(bench.stopped_config(run, t["config"]) for t in pruned)
+    assert bench.stopped_config(run, {k: -1.0 for k in space}) is None
+
+
 def test_the_racing_group_reuses_only_a_finished_run_of_the_same_search(tmp_path):
     from dataclasses import asdict
 
