@@ -389,6 +389,7 @@ def racing_run(run_dir: Path) -> dict:
             "best_val_acc_mean": (summary["best_cv"] or {}).get("val_acc_mean"), "best_trial_id": summary["best_trial_id"],
             "best_config": None if best is None else {k: best[k] for k in space},
             "trials": [{"trial_id": r.trial_id, "status": r.status, "epochs_run": int(r.epochs_run),
+                        "val_acc_mean": None if pd.isna(r.val_acc_mean) else float(r.val_acc_mean),
                         "config": {k: getattr(r, f"config_{k}") for k in space}} for r in trials.itertuples()],
             "wall_s": float(summary["wall_s"])}
 
@@ -406,26 +407,38 @@ def stopped_config(run: dict, config: dict) -> bool | None:
     return any(t["status"] == "pruned" or t["epochs_run"] < run["max_epochs"] for t in matches)
 
 
+def fifo_first_shared(fifo: dict, run: dict) -> dict | None:
+    """The configuration FIFO ranks first among those `run` also trained: FIFO's best completed trial whose
+    searched values `run` has a trial of (the first 10 start-up configurations are shared by every search with
+    one Optuna seed; TPE's later proposals follow each scheduler's own results). None: they share none."""
+    ranked = sorted((t for t in fifo["trials"] if t["status"] == "completed" and t["val_acc_mean"] is not None),
+                    key=lambda t: -t["val_acc_mean"])
+    return next((t["config"] for t in ranked if any(same_config(t["config"], u["config"]) for u in run["trials"])),
+                None)
+
+
 def racing_figures(runs: dict) -> tuple[dict, dict, dict]:
     """The racing group's figures from {seed: {scheduler: racing_run dict}}.
 
     Per seed and scheduler: epochs used, best fold-mean accuracy, regret (FIFO's best minus this one's), and
-    whether it stopped the configuration FIFO ranks first (None: it never ran that configuration). Per
-    scheduler: median and range over seeds, and the count of seeds that stopped FIFO's winner. The figures:
+    whether it stopped the configuration FIFO ranks first among those both trained (fifo_first_shared; None
+    when they share none), and whether it trained FIFO's overall winner at all. Per scheduler: median and
+    range over seeds, and the count of seeds in which it stopped FIFO's first. The figures:
     fold-asha's epochs over ASHA's (median of the per-seed ratios), both median regrets, and both counts.
     Returns (figures, {"per_seed": ..., "per_scheduler": ...}, reasons for null figures).
     """
     per_seed = {}
     for seed, r in runs.items():
         fifo = r["fifo"]
-        winner = fifo["best_config"]
         per_seed[seed] = {}
         for s in RACING_SCHEDULERS:
-            best = r[s]["best_val_acc_mean"]
+            best, first = r[s]["best_val_acc_mean"], fifo_first_shared(fifo, r[s])
             per_seed[seed][s] = {
                 "epochs": r[s]["epochs_run_total"], "best": best,
                 "regret": None if best is None or fifo["best_val_acc_mean"] is None else fifo["best_val_acc_mean"] - best,
-                "stopped_fifo_winner": None if winner is None else stopped_config(r[s], winner)}
+                "fifo_first_shared": first,
+                "stopped_fifo_winner": None if first is None else stopped_config(r[s], first),
+                "ran_fifo_winner": fifo["best_config"] is not None and stopped_config(r[s], fifo["best_config"]) is not None}
         per_seed[seed]["epoch_ratio"] = r["fold-asha"]["epochs_run_total"] / r["asha"]["epochs_run_total"]
     per_scheduler = {}
     for s in RACING_SCHEDULERS:
@@ -433,7 +446,7 @@ def racing_figures(runs: dict) -> tuple[dict, dict, dict]:
         per_scheduler[s] = {key: summarise(vals) if (vals := [x[key] for x in rows if x[key] is not None]) else None
                             for key in ("epochs", "best", "regret")}
         per_scheduler[s]["stopped_fifo_winner"] = sum(x["stopped_fifo_winner"] is True for x in rows)
-        per_scheduler[s]["fifo_winner_not_run"] = sum(x["stopped_fifo_winner"] is None for x in rows)
+        per_scheduler[s]["fifo_winner_not_run"] = sum(not x["ran_fifo_winner"] for x in rows)
         per_scheduler[s]["seeds"] = len(rows)
     ratios = [d["epoch_ratio"] for d in per_seed.values()]
     figures = {"racing_epoch_ratio": statistics.median(ratios) if ratios else None,
@@ -454,11 +467,10 @@ def racing_table(details: dict) -> str:
     def span(d, fmt):
         return "-" if d is None else f"{d['median']:{fmt}} [{d['min']:{fmt}}, {d['max']:{fmt}}]"
     lines = ["| scheduler | epochs used | best fold-mean val accuracy | regret vs FIFO's best | "
-             "stopped FIFO's winner (seeds) |", "|---|---|---|---|---|"]
+             "stopped FIFO's first (seeds) | did not train FIFO's winner (seeds) |", "|---|---|---|---|---|---|"]
     for s, d in details["per_scheduler"].items():
-        not_run = f", never ran it in {d['fifo_winner_not_run']}" if d["fifo_winner_not_run"] else ""
         lines.append(f"| {s} | {span(d['epochs'], '.0f')} | {span(d['best'], '.4f')} | {span(d['regret'], '+.4f')} | "
-                     f"{d['stopped_fifo_winner']} of {d['seeds']}{not_run} |")
+                     f"{d['stopped_fifo_winner']} of {d['seeds']} | {d['fifo_winner_not_run']} of {d['seeds']} |")
     return "\n".join(lines)
 
 
@@ -700,7 +712,8 @@ GOALS = (
      None),
     ("racing_regret_fold_asha", "fold-asha's regret, the same way (median over seeds)", "<= half of ASHA's",
      lambda v, out: out.get("racing_regret_asha") is not None and v <= out["racing_regret_asha"] / 2),
-    ("racing_asha_stops_fifo_winner", "seeds in which ASHA stopped the configuration FIFO ranks first", "", None),
+    ("racing_asha_stops_fifo_winner", "seeds in which ASHA stopped the configuration FIFO ranks first (of those "
+     "both trained)", "", None),
     ("racing_fold_asha_stops_fifo_winner", "seeds in which fold-asha stopped it", "<= 1 (of 5 seeds)",
      lambda v: v <= 1),
     ("racing_epoch_ratio", "epochs fold-asha / epochs ASHA, same seed (median over seeds)", "<= 1.5",

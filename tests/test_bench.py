@@ -101,37 +101,42 @@ def test_quick_run_writes_a_well_formed_bench_json(ray_local, tmp_path):
 
 
 def racing_run(epochs, best, trials, best_config=None):
-    """A racing_run dict: trials as (lr, status, epochs run); FIFO's winner is best_config's lr."""
+    """A racing_run dict: trials as (lr, status, epochs run[, fold-mean accuracy]); best_config: the winner's lr."""
     return {"epochs_run_total": epochs, "max_epochs": 16, "best_val_acc_mean": best, "best_trial_id": None,
             "best_config": None if best_config is None else {"lr": best_config},
-            "trials": [{"trial_id": f"t{i}", "status": st, "epochs_run": e, "config": {"lr": lr}}
-                       for i, (lr, st, e) in enumerate(trials)], "wall_s": 1.0}
+            "trials": [{"trial_id": f"t{i}", "status": st, "epochs_run": e, "val_acc_mean": (acc or [None])[0],
+                        "config": {"lr": lr}} for i, (lr, st, e, *acc) in enumerate(trials)], "wall_s": 1.0}
 
 
-def test_racing_figures_give_regret_against_fifo_and_count_the_stops_of_fifos_winner():
+def test_racing_figures_give_regret_against_fifo_and_count_the_stops_of_fifos_first():
     done, pruned = "completed", "pruned"
     runs = {
         # seed 0: FIFO's winner lr 0.003; ASHA stops it at epoch 1, fold-asha lets it run to the end
-        0: {"fifo": racing_run(48, 0.88, [(0.001, done, 16), (0.003, done, 16), (0.002, done, 16)], 0.003),
+        0: {"fifo": racing_run(48, 0.88, [(0.001, done, 16, 0.85), (0.003, done, 16, 0.88), (0.002, done, 16, 0.86)],
+                               0.003),
             "asha": racing_run(24, 0.86, [(0.001, done, 16), (0.003, pruned, 1), (0.002, pruned, 4), (0.004, pruned, 3)]),
             "fold-asha": racing_run(36, 0.88, [(0.001, done, 16), (0.003, done, 16), (0.002, pruned, 4)])},
         # seed 1: both keep the winner (0.1 + 2e-12 is the same float draw, to the last digits)
-        1: {"fifo": racing_run(32, 0.80, [(0.1, done, 16), (0.2, done, 16)], 0.1),
+        1: {"fifo": racing_run(32, 0.80, [(0.1, done, 16, 0.80), (0.2, done, 16, 0.78)], 0.1),
             "asha": racing_run(20, 0.80, [(0.1 + 2e-12, done, 16), (0.2, pruned, 4)]),
             "fold-asha": racing_run(20, 0.79, [(0.1, done, 16), (0.2, pruned, 4)])},
-        # seed 2: TPE led ASHA elsewhere: the winner's configuration never ran there; fold-asha stopped it
-        2: {"fifo": racing_run(32, 0.90, [(0.5, done, 16), (0.6, done, 16)], 0.6),
+        # seed 2: FIFO's winner (0.6) is a TPE proposal ASHA never made: FIFO's first of the shared ones is 0.5,
+        # which ASHA kept; fold-asha trained 0.6 and stopped it
+        2: {"fifo": racing_run(32, 0.90, [(0.5, done, 16, 0.88), (0.6, done, 16, 0.90)], 0.6),
             "asha": racing_run(17, 0.87, [(0.5, done, 16), (0.7, pruned, 1)]),
             "fold-asha": racing_run(32, 0.89, [(0.5, done, 16), (0.6, pruned, 4), (0.8, done, 16)])},
     }
     figures, details, reasons = bench.racing_figures(runs)
     seed0 = details["per_seed"][0]
     assert (seed0["asha"]["epochs"], seed0["asha"]["best"], seed0["asha"]["stopped_fifo_winner"]) == (24, 0.86, True)
-    assert seed0["asha"]["regret"] == pytest.approx(0.02)
+    assert seed0["asha"]["regret"] == pytest.approx(0.02) and seed0["asha"]["fifo_first_shared"] == {"lr": 0.003}
     assert seed0["fold-asha"]["regret"] == pytest.approx(0.0) and seed0["fold-asha"]["stopped_fifo_winner"] is False
     assert seed0["fifo"]["regret"] == 0 and seed0["fifo"]["stopped_fifo_winner"] is False
     assert details["per_seed"][1]["asha"]["stopped_fifo_winner"] is False
-    assert details["per_seed"][2]["asha"]["stopped_fifo_winner"] is None
+    seed2 = details["per_seed"][2]
+    assert seed2["asha"]["fifo_first_shared"] == {"lr": 0.5} and seed2["asha"]["stopped_fifo_winner"] is False
+    assert (seed2["asha"]["ran_fifo_winner"], seed2["fold-asha"]["ran_fifo_winner"]) == (False, True)
+    assert seed2["fold-asha"]["stopped_fifo_winner"] is True
     assert [details["per_seed"][s]["epoch_ratio"] for s in (0, 1, 2)] == pytest.approx([1.5, 1.0, 32 / 17])
     asha, fold = details["per_scheduler"]["asha"], details["per_scheduler"]["fold-asha"]
     assert asha["regret"] == pytest.approx({"min": 0.0, "median": 0.02, "max": 0.03, "n": 3})
@@ -143,8 +148,8 @@ def test_racing_figures_give_regret_against_fifo_and_count_the_stops_of_fifos_wi
                                      "racing_asha_stops_fifo_winner": 1, "racing_fold_asha_stops_fifo_winner": 1})
     assert reasons == {}
     table = bench.racing_table(details)
-    assert "| asha | 20 [17, 24] | 0.8600 [0.8000, 0.8700] | +0.0200 [+0.0000, +0.0300] | 1 of 3, never ran it in 1 |" in table
-    assert "| fold-asha | 32 [20, 36] |" in table and "| 1 of 3 |" in table
+    assert "| asha | 20 [17, 24] | 0.8600 [0.8000, 0.8700] | +0.0200 [+0.0000, +0.0300] | 1 of 3 | 1 of 3 |" in table
+    assert "| fold-asha | 32 [20, 36] |" in table and "| 1 of 3 | 0 of 3 |" in table
     # a goal relative to another figure: half of ASHA's median regret
     met = {key: check for key, _, _, check in bench.GOALS}["racing_regret_fold_asha"]
     assert bench.goal_met(met, 0.01, figures) and not bench.goal_met(met, 0.011, figures)
@@ -152,7 +157,7 @@ def test_racing_figures_give_regret_against_fifo_and_count_the_stops_of_fifos_wi
     none = {0: {s: racing_run(10, None, [(0.1, "pruned", 1)]) for s in ("fifo", "asha", "fold-asha")}}
     figures, details, reasons = bench.racing_figures(none)
     assert figures["racing_regret_fold_asha"] is None and set(reasons) == {"racing_regret_asha", "racing_regret_fold_asha"}
-    assert details["per_seed"][0]["asha"]["stopped_fifo_winner"] is None
+    assert details["per_seed"][0]["asha"]["stopped_fifo_winner"] is None  # FIFO completed nothing: no first
     assert bench.DEFAULT_GROUPS == ("throughput", "search", "hpo", "accuracy", "ensemble")
 
 
@@ -166,6 +171,7 @@ def test_racing_run_reads_a_real_search_and_finds_its_own_winner(smoke_run):
     assert (run["epochs_run_total"], run["max_epochs"]) == (summary["epochs_run_total"], summary["max_epochs"])
     assert run["best_val_acc_mean"] == summary["best_cv"]["val_acc_mean"] and run["best_trial_id"] == summary["best_trial_id"]
     assert len(run["trials"]) == len(trials) == summary["n_trials"]
+    assert {t["trial_id"]: t["val_acc_mean"] for t in run["trials"]} == dict(zip(trials.trial_id, trials.val_acc_mean))
     space = json.loads((run_dir / "config.json").read_text())["search"]["space"]
     assert set(run["best_config"]) == set(space) and all(set(t["config"]) == set(space) for t in run["trials"])
     assert bench.stopped_config(run, run["best_config"]) is False  # the winner completed: it ran max_t epochs
