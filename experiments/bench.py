@@ -753,6 +753,9 @@ def markdown_table(out: dict) -> str:
         else:
             shown = f"{value:.4g}"
             met = "" if check is None else ("yes" if goal_met(check, value, out) else "**no**")
+            seeds = ((out.get("notes") or {}).get("details", {}).get("racing") or {}).get("seeds")
+            if key in GROUPS["racing"] and seeds is not None and len(seeds) < len(RACING_SEEDS):
+                shown += f" ({len(seeds)} of {len(RACING_SEEDS)} seeds: {','.join(map(str, seeds))})"
         lines.append(f"| `{key}`: {label} | {shown} | {goal or '(reported)'} | {met} |")
     lines.append(TABLE_END)
     return "\n".join(lines)

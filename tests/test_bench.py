@@ -206,10 +206,10 @@ def test_the_racing_group_reuses_only_a_finished_run_of_the_same_search(tmp_path
 def test_the_markdown_table_shows_each_figure_against_its_goal(tmp_path):
     out = {key: None for key, *_ in bench.GOALS}
     out.update(mfu=0.61, overhead_fraction=0.5, asha_epoch_ratio=3.2, throughput_img_s=900.0,
-               racing_regret_asha=0.004, racing_regret_fold_asha=0.003,
+               racing_regret_asha=0.004, racing_regret_fold_asha=0.003, racing_epoch_ratio=1.2,
                machine={"cpu": "EPYC", "cores": 2, "gpu": None},
                versions={"torch": "2.14.1", "ray": "2.60.0", "optuna": "5.0.0"}, repeats=5,
-               notes={"full_ensemble_test_acc": "not trained here"})
+               notes={"full_ensemble_test_acc": "not trained here", "details": {"racing": {"seeds": [0, 1]}}})
     md = tmp_path / "BENCHMARKS.md"
     md.write_text("# Benchmarks\n\nintro\n\n<!-- bench.py table: begin -->\nstale row\n<!-- bench.py table: end -->\n\nafter\n")
     bench.write_markdown_table(md, out)
@@ -223,7 +223,8 @@ def test_the_markdown_table_shows_each_figure_against_its_goal(tmp_path):
     assert rows["asha_epoch_ratio"] == ["3.2", ">= 3", "yes |"]
     assert rows["throughput_img_s"] == ["900", "(reported)", " |"]
     assert rows["full_ensemble_test_acc"] == ["null: not trained here", ">= 0.945", "not measured |"]
-    assert rows["racing_regret_fold_asha"] == ["0.003", "<= half of ASHA's", "**no** |"]  # 0.003 > 0.004 / 2
+    assert rows["racing_regret_fold_asha"] == ["0.003 (2 of 5 seeds: 0,1)", "<= half of ASHA's", "**no** |"]  # > 0.004/2
+    assert rows["racing_epoch_ratio"] == ["1.2 (2 of 5 seeds: 0,1)", "<= 1.5", "yes |"]
     assert "Machine: EPYC, 2 cores, GPU: none" in text
 
 
