@@ -742,8 +742,13 @@ def goal_met(check, value, out: dict) -> bool:
 def markdown_table(out: dict) -> str:
     """The figures of `out` (a bench.json) next to their goals, as the Markdown block bench.py keeps in BENCHMARKS.md."""
     m, v = out["machine"], out["versions"]
+    by_cpu = {}  # the machine each group was measured on (bench.json notes.runs), when they differ
+    for group, run in ((out.get("notes") or {}).get("runs") or {}).items():
+        by_cpu.setdefault(run.get("machine") or m["cpu"], []).append(group)
+    where = (f"{m['cpu']}" if len(by_cpu) <= 1 else
+             "; ".join(f"{cpu} ({', '.join(groups)})" for cpu, groups in by_cpu.items()))
     lines = [TABLE_BEGIN,
-             f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}; torch {v['torch']}, "
+             f"Machine: {where}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}; torch {v['torch']}, "
              f"ray {v['ray']}, optuna {v['optuna']}; throughput repeats: {out['repeats']} (median shown).",
              "", "| figure | measured | goal | met |", "|---|---|---|---|"]
     for key, label, goal, check in GOALS:
@@ -831,6 +836,8 @@ def main(argv=None) -> int:
     old = json.loads(out_path.read_text()) if out_path.exists() and set(groups) != set(GROUPS) else {}
     out = {key: old.get(key) for key in FIGURES}
     notes = old.get("notes", {"details": {}, "runs": {}})
+    for run in notes["runs"].values():  # groups measured before bench.json kept a machine per group
+        run.setdefault("machine", (old.get("machine") or {}).get("cpu"))
     data = load(DataConfig())
     for group in groups:
         started, load_before = time.strftime("%Y-%m-%d %H:%M:%S"), load_avg()
@@ -856,7 +863,7 @@ def main(argv=None) -> int:
         notes["details"][group] = details
         notes["runs"][group] = {"command": "python experiments/bench.py " + " ".join(argv or sys.argv[1:]),
                                 "started": started, "load_avg_before": load_before, "load_avg_after": load_avg(),
-                                "quick": args.quick, "priority": priority()}
+                                "quick": args.quick, "priority": priority(), "machine": machine()["cpu"]}
     for group, keys in GROUPS.items():  # never measured, here or in --out
         for key in keys:
             if out[key] is None and key not in notes:

@@ -226,6 +226,8 @@ def test_the_markdown_table_shows_each_figure_against_its_goal(tmp_path):
     assert rows["racing_regret_fold_asha"] == ["0.003 (2 of 5 seeds: 0,1)", "<= half of ASHA's", "**no** |"]  # > 0.004/2
     assert rows["racing_epoch_ratio"] == ["1.2 (2 of 5 seeds: 0,1)", "<= 1.5", "yes |"]
     assert "Machine: EPYC, 2 cores, GPU: none" in text
+    out["notes"]["runs"] = {"throughput": {"machine": "EPYC"}, "hpo": {"machine": "EPYC"}, "racing": {"machine": "Xeon"}}
+    assert "Machine: EPYC (throughput, hpo); Xeon (racing), 2 cores" in bench.markdown_table(out)
 
 
 @pytest.mark.parametrize("tta_flip", [False, True])
