@@ -308,24 +308,30 @@ def load_script(name: str):
     return module
 
 
+def run_tune(args: list[str], name: str, storage: Path) -> Path:
+    """tune.py `args` in this process, as run `name` under `storage`, on a private Ray instance (started on
+    first use: see distributed.tuner.init_ray); its run directory. A search that fails raises."""
+    import ray
+    if not ray.is_initialized():
+        from distributed.tuner import init_ray
+        init_ray(None, log_to_driver=False, configure_logging=False)
+    full = args + ["--name", name, "--storage-path", str(storage)]
+    code = load_script("tune").main(full)
+    if code != 0:
+        raise RuntimeError(f"tune.py {' '.join(full)} exited with {code}")
+    return Path(storage) / name
+
+
 def run_searches(base: list[str], schedulers: tuple[str, ...]) -> dict:
     """Run tune.py once per scheduler on a private Ray instance, in a temporary storage path; per run, the
     overhead_from_run breakdown, the command and the load average after."""
-    import ray
-    tune = load_script("tune")
-    if not ray.is_initialized():  # a private instance: see distributed.tuner.init_ray
-        from distributed.tuner import init_ray
-        init_ray(None, log_to_driver=False, configure_logging=False)
     runs = {}
     with tempfile.TemporaryDirectory() as storage:
         for scheduler in schedulers:
-            args = base + ["--scheduler", scheduler, "--name", scheduler, "--storage-path", storage]
+            args = base + ["--scheduler", scheduler]
             t0 = time.perf_counter()
-            code = tune.main(args)
-            if code != 0:
-                raise RuntimeError(f"tune.py {' '.join(args)} exited with {code}")
-            runs[scheduler] = overhead_from_run(Path(storage) / scheduler)
-            runs[scheduler].update(command="python experiments/tune.py " + " ".join(args[:-2]),
+            runs[scheduler] = overhead_from_run(run_tune(args, scheduler, Path(storage)))
+            runs[scheduler].update(command="python experiments/tune.py " + " ".join(args + ["--name", scheduler]),
                                    main_call_s=time.perf_counter() - t0, load_avg_after=load_avg())
     return runs
 
@@ -399,9 +405,14 @@ def same_config(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(math.isclose(float(a[k]), float(b[k]), rel_tol=1e-9) for k in a)
 
 
+def trials_of(run: dict, config: dict) -> list[dict]:
+    """The trials of `run` that trained `config`."""
+    return [t for t in run["trials"] if same_config(t["config"], config)]
+
+
 def stopped_config(run: dict, config: dict) -> bool | None:
     """Whether `run` stopped a trial of `config` before max_t; None when no trial of it ran (TPE proposed others)."""
-    matches = [t for t in run["trials"] if same_config(t["config"], config)]
+    matches = trials_of(run, config)
     if not matches:
         return None
     return any(t["status"] == "pruned" or t["epochs_run"] < run["max_epochs"] for t in matches)
@@ -413,8 +424,7 @@ def fifo_first_shared(fifo: dict, run: dict) -> dict | None:
     one Optuna seed; TPE's later proposals follow each scheduler's own results). None: they share none."""
     ranked = sorted((t for t in fifo["trials"] if t["status"] == "completed" and t["val_acc_mean"] is not None),
                     key=lambda t: -t["val_acc_mean"])
-    return next((t["config"] for t in ranked if any(same_config(t["config"], u["config"]) for u in run["trials"])),
-                None)
+    return next((t["config"] for t in ranked if trials_of(run, t["config"])), None)
 
 
 def racing_figures(runs: dict) -> tuple[dict, dict, dict]:
@@ -438,7 +448,7 @@ def racing_figures(runs: dict) -> tuple[dict, dict, dict]:
                 "regret": None if best is None or fifo["best_val_acc_mean"] is None else fifo["best_val_acc_mean"] - best,
                 "fifo_first_shared": first,
                 "stopped_fifo_winner": None if first is None else stopped_config(r[s], first),
-                "ran_fifo_winner": fifo["best_config"] is not None and stopped_config(r[s], fifo["best_config"]) is not None}
+                "ran_fifo_winner": fifo["best_config"] is not None and bool(trials_of(r[s], fifo["best_config"]))}
         per_seed[seed]["epoch_ratio"] = r["fold-asha"]["epochs_run_total"] / r["asha"]["epochs_run_total"]
     per_scheduler = {}
     for s in RACING_SCHEDULERS:
@@ -498,9 +508,7 @@ def bench_racing(quick: bool, racing_args: list[str], racing_dir: Path | None = 
 
     With racing_dir the 15 runs are kept there as seed{S}-{scheduler}, and a finished run of the same search is
     reused (the three searches of a seed belong to one machine: see BENCHMARKS.md section 4)."""
-    import ray
     base = (SMOKE_SEARCH if quick else list(HPO_ARGS)) + racing_args
-    tune = load_script("tune")
     runs, commands = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         storage = Path(racing_dir) if racing_dir is not None else Path(tmp)
@@ -512,13 +520,8 @@ def bench_racing(quick: bool, racing_args: list[str], racing_dir: Path | None = 
                 if matches_args(storage / name, args):
                     print(f"racing: {name}: reusing the finished run in {storage / name}", flush=True)
                 else:
-                    if not ray.is_initialized():  # a private instance: see distributed.tuner.init_ray
-                        from distributed.tuner import init_ray
-                        init_ray(None, log_to_driver=False, configure_logging=False)
                     print(f"racing: {name}: {commands[name]}", flush=True)
-                    code = tune.main(args + ["--name", name, "--storage-path", str(storage)])
-                    if code != 0:
-                        raise RuntimeError(f"{commands[name]} exited with {code}")
+                    run_tune(args, name, storage)
                 runs[seed][scheduler] = racing_run(storage / name)
     figures, details, reasons = racing_figures(runs)
     details.update(seeds=list(runs), commands=commands, wall_s={f"seed{seed}-{s}": r[s]["wall_s"] for seed, r in runs.items()
@@ -745,8 +748,11 @@ def markdown_table(out: dict) -> str:
     by_cpu = {}  # the machine each group was measured on (bench.json notes.runs), when they differ
     for group, run in ((out.get("notes") or {}).get("runs") or {}).items():
         by_cpu.setdefault(run.get("machine") or m["cpu"], []).append(group)
-    where = (f"{m['cpu']}" if len(by_cpu) <= 1 else
+    where = (next(iter(by_cpu), m["cpu"]) if len(by_cpu) <= 1 else
              "; ".join(f"{cpu} ({', '.join(groups)})" for cpu, groups in by_cpu.items()))
+    seeds = ((out.get("notes") or {}).get("details", {}).get("racing") or {}).get("seeds")
+    partial = (f" ({len(seeds)} of {len(RACING_SEEDS)} seeds: {','.join(map(str, seeds))})"
+               if seeds is not None and len(seeds) < len(RACING_SEEDS) else "")
     lines = [TABLE_BEGIN,
              f"Machine: {where}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}; torch {v['torch']}, "
              f"ray {v['ray']}, optuna {v['optuna']}; throughput repeats: {out['repeats']} (median shown).",
@@ -758,9 +764,8 @@ def markdown_table(out: dict) -> str:
         else:
             shown = f"{value:.4g}"
             met = "" if check is None else ("yes" if goal_met(check, value, out) else "**no**")
-            seeds = ((out.get("notes") or {}).get("details", {}).get("racing") or {}).get("seeds")
-            if key in GROUPS["racing"] and seeds is not None and len(seeds) < len(RACING_SEEDS):
-                shown += f" ({len(seeds)} of {len(RACING_SEEDS)} seeds: {','.join(map(str, seeds))})"
+            if key in GROUPS["racing"]:
+                shown += partial
         lines.append(f"| `{key}`: {label} | {shown} | {goal or '(reported)'} | {met} |")
     lines.append(TABLE_END)
     return "\n".join(lines)
