@@ -249,10 +249,13 @@ def _search(cfg, run_dir, meta, slots, parent, run_root, store) -> dict:
             tuner._local_tuner._tune_config.scheduler.run_dir = str(run_dir)
     else:
         scheduler = make_scheduler(cfg, run_dir)
+        # The searcher counts the search's trials and its running trials (FINISHED after --num-samples, None
+        # while the slots are busy): Tune's own counts are saved apart from the searcher's state, and a driver
+        # killed between the two saves would resume with counts that disagree with it (search.py, restore)
         tuner = ray.tune.Tuner(
             trainable,
             tune_config=ray.tune.TuneConfig(
-                metric=METRIC, mode=MODE, num_samples=cfg.search.num_samples,
+                metric=METRIC, mode=MODE, num_samples=-1,
                 search_alg=make_searcher(cfg, f"sqlite:///{(run_dir / 'optuna.db').resolve()}"),
                 scheduler=scheduler, max_concurrent_trials=slots.n, reuse_actors=True,
                 trial_dirname_creator=lambda t: t.trial_id, trial_name_creator=lambda t: t.trial_id,

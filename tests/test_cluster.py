@@ -106,6 +106,7 @@ def test_lost_node_trials_are_retried_and_the_search_completes(cluster, tmp_path
     assert len(spread) >= 2  # the search used more than one node
 
 
+@pytest.mark.slow  # 99 s on the fresh-clone run; CI's make test was 39 min (`make test-all` runs it)
 @pytest.mark.ray
 def test_two_searches_share_one_ray_instance(cluster, tmp_path):
     cluster.add_node(num_cpus=1)

@@ -46,6 +46,7 @@ def tune(*args) -> list[str]:
     return [sys.executable, str(ROOT / "experiments" / "tune.py"), *args]
 
 
+@pytest.mark.slow  # 125 s on the fresh-clone run; CI's make test was 39 min (`make test-all` runs it)
 @pytest.mark.ray
 @pytest.mark.faults
 def test_a_disk_that_fills_mid_search_stops_it_cleanly_and_resume_finishes_it(small_disk):

@@ -56,6 +56,7 @@ class Sampler:
         self.listen: dict[tuple[int, str, int], str] = {}  # (pid, ip, port) -> role
         self.clients: dict[int, set[int]] = {}  # port -> pids with an ESTABLISHED connection to it
         self.gcs_env: dict[str, str] = {}  # the environment the GCS started with
+        self.roles: dict[int, str] = {}  # pid -> role, from its command line when last seen with one
 
     def sample(self) -> None:
         try:
@@ -64,9 +65,15 @@ class Sampler:
             return
         for p in procs:
             try:
-                who, conns = role(p.cmdline()), p.net_connections(kind="inet")
+                cmd, conns = p.cmdline(), p.net_connections(kind="inet")
             except psutil.Error:  # gone since children() listed it
                 continue
+            # An exiting process (and one not yet exec'd) has no command line: it is what it was last seen as,
+            # or, never seen, it waits for the next sample
+            who = role(cmd) if cmd else self.roles.get(p.pid)
+            if who is None:
+                continue
+            self.roles[p.pid] = who
             if who == "gcs_server" and not self.gcs_env:
                 self.gcs_env = p.environ()
             for c in conns:

@@ -10,6 +10,7 @@ import torch
 
 from distributed.config import FOLD_METRICS, PRESETS, load
 from distributed.data import stratified_subset
+from distributed.search import tune_snapshot
 
 pytestmark = pytest.mark.ray
 SMOKE = PRESETS["smoke"]
@@ -73,6 +74,19 @@ def test_optuna_study_states_match(run):
         assert ot.state == expected[row.status]
         assert sorted(ot.intermediate_values) == list(range(1, row.epochs_run + 1))
         assert ot.intermediate_values[row.epochs_run] == pytest.approx(row.val_acc_mean)
+        assert ot.user_attrs["tune_trial_id"] == row.trial_id  # how a resumed searcher finds each trial's owner
+
+
+def test_tune_snapshot_reads_the_experiment_state_tune_wrote(run):
+    """--resume settles Optuna's RUNNING trials by Tune's snapshot: the parser reads Tune's real file."""
+    run_dir, _, trials, _ = run
+    snapshot = tune_snapshot(str(run_dir / "tune"))
+    assert set(snapshot) == set(trials.trial_id)
+    for _, row in trials.iterrows():
+        status, last = snapshot[row.trial_id]
+        assert status == "TERMINATED" and last["epoch"] == row.epochs_run
+        assert last["val_acc_mean"] == pytest.approx(row.val_acc_mean)
+    assert tune_snapshot(str(run_dir)) is None  # no experiment state there
 
 
 def test_best_checkpoint_holds_all_folds_and_out_of_fold_predictions(run, fmnist):
