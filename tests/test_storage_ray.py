@@ -21,6 +21,7 @@ def run(script: str, args: list[str], cwd: Path, env: dict) -> subprocess.Comple
     return out
 
 
+@pytest.mark.slow  # 209 s on the fresh-clone run of 2026-12-03 (make test 32 min): `make test-all` runs it
 def test_search_report_and_resume_with_s3_storage(s3_server, tmp_path):
     s3_server.make_bucket("runs-bucket")
     uri, prefix = "s3://runs-bucket/team", "runs-bucket/team/s3run"

@@ -239,6 +239,7 @@ SMOKE_SIZED = ["--limit-train", "600", "--folds", "3", "--width", "8", "--fc-wid
                "--scheduler", "fifo"]
 
 
+@pytest.mark.slow  # 114 s on the fresh-clone run of 2026-12-03 (make test 32 min): `make test-all` runs it
 @pytest.mark.ray
 def test_two_plain_runs_in_a_row_make_two_run_directories(ray_local, tmp_path, monkeypatch, capsys):
     """`python experiments/tune.py` twice (in this process, on the suite's Ray instance: two Ray start-ups
