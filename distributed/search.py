@@ -61,7 +61,8 @@ def tune_snapshot(experiment_dir: str) -> dict[str, tuple[str, dict]] | None:
 
 
 class CVOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna PRUNED (not COMPLETE) for trials ASHA stopped before max_t.
+    """OptunaSearch that tells Optuna PRUNED (not COMPLETE) for trials ASHA stopped before max_t, counts the
+    search's trials and running trials itself, and resumes whole after any driver kill (see restore).
 
     Ray's OptunaSearch reports every trial that ended without error as COMPLETE with its last value, so a
     1-epoch value would compete with 15-epoch values in TPE's good/bad split. The intermediate values are
@@ -91,8 +92,8 @@ class CVOptunaSearch(OptunaSearch):
         return [tid for tid in self._ot_trials if tid not in self._completed_trials]
 
     def suggest(self, trial_id: str):
-        # Counted here, not only by Tune's SearchGenerator, whose count is saved after this searcher's state:
-        # after `restore` the trials this searcher owns are the trials Tune has (see restore)
+        # Counted here, not by Tune (its count is saved after this searcher's state, tuner.py gives it -1):
+        # after `restore`, the trials this searcher owns are the trials Tune has
         if self._num_samples and len(self._ot_trials) >= self._num_samples:
             return Searcher.FINISHED
         if self._max_concurrent and len(self.live_trials()) >= self._max_concurrent:
@@ -119,8 +120,7 @@ class CVOptunaSearch(OptunaSearch):
         background, and optuna.db is written as things happen: a killed driver leaves the three at different
         moments (the experiment state Tune resumes from can hold trials the searcher state does not; its
         trial count, saved after the searcher, can lag too, hence the count in `suggest`). Each RUNNING
-        Optuna trial is settled by what
-        Tune will do with its Tune trial (named by the `tune_trial_id` user attribute):
+        Optuna trial is settled by what Tune will do with its Tune trial (the `tune_trial_id` attribute):
         - Tune will resume it: it is this searcher's again (Tune's snapshot had it, the searcher's did not);
         - Tune saved it finished: its last result is told to Optuna now (Tune will not report it again);
         - Tune has no such trial (sampled just before the kill): marked FAIL, Optuna's state for trials
