@@ -14,6 +14,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from distributed.config import METRIC, MODE, ExperimentConfig
 
+EXPERIMENT_STATES = "experiment_state-*.json"  # Tune's snapshots of its trials, one per session
 TUNE_TRIAL_ID = "tune_trial_id"  # the Optuna trial's user attribute naming the Tune trial that owns it
 KILL_ENV = "FMNIST_TEST_KILL_DRIVER_AT_SUGGEST"  # test-only hook: "N" kills the driver right after the N-th
 # suggestion is in optuna.db, before Tune's next experiment snapshot (the moment that orphans an Optuna trial)
@@ -48,7 +49,7 @@ def tune_snapshot(experiment_dir: str) -> dict[str, tuple[str, dict]] | None:
 
     It is the file Tune itself resumes from (the newest experiment_state-*.json, by name, as Tune picks it).
     """
-    paths = glob.glob(os.path.join(experiment_dir, "experiment_state-*.json"))
+    paths = glob.glob(os.path.join(experiment_dir, EXPERIMENT_STATES))
     if not paths:
         return None
     with open(max(paths)) as f:
@@ -108,7 +109,7 @@ class CVOptunaSearch(OptunaSearch):
     def save(self, checkpoint_path: str):
         at, _, upload_to = os.environ.get(KILL_AT_SAVE_ENV, "").partition(":")
         if at == str(len(self._ot_trials)):
-            for path in glob.glob(os.path.join(os.path.dirname(checkpoint_path), "experiment_state-*.json")):
+            for path in glob.glob(os.path.join(os.path.dirname(checkpoint_path), EXPERIMENT_STATES)):
                 shutil.copy(path, upload_to)
             os.kill(os.getpid(), signal.SIGKILL)
         super().save(checkpoint_path)
@@ -137,14 +138,16 @@ class CVOptunaSearch(OptunaSearch):
                 continue
             if ft.state != optuna.trial.TrialState.RUNNING:
                 continue
-            if tid is not None and snapshot is not None and tid in snapshot:
-                self._ot_trials.setdefault(tid, optuna.Trial(self._ot_study, ft._trial_id))
-                status, last = snapshot[tid]
-                if status == "TERMINATED" and tid not in self._completed_trials:
-                    self.on_trial_complete(tid, last)
+            # Tune will have this trial: by its snapshot, or without one (no file) by the searcher's own state
+            in_tune = tid in snapshot if snapshot is not None else tid in self._ot_trials
+            if in_tune:
+                if tid not in self._ot_trials:
+                    self._ot_trials[tid] = optuna.Trial(self._ot_study, ft._trial_id)
+                if snapshot is not None and snapshot[tid][0] == "TERMINATED" and tid not in self._completed_trials:
+                    self.on_trial_complete(tid, snapshot[tid][1])
                     print(f"--resume: trial {tid} had finished before the driver stopped; its result is now "
                           f"in optuna.db (Optuna trial {ft.number})", flush=True)
-            elif tid not in self._ot_trials or snapshot is not None:
+            else:
                 self._ot_study.tell(ft.number, state=optuna.trial.TrialState.FAIL)
                 self._ot_trials.pop(tid, None)
                 params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in ft.params.items())
