@@ -2,6 +2,12 @@
 
 Data stays as uint8 tensors on the training device; batches are index slices of it and are augmented
 on the device (distributed.augment), so there is no DataLoader and no per-image Python work.
+
+On a GPU the cost of a small model's step is the number of kernels, not their size (DESIGN.md section 6:
+~6 ms a step, ~80 of its ~200 kernels augmentation). So there the epoch's images are augmented in a few
+large chunks (AUG_CHUNK_CUDA images each) rather than once per batch, and flip TTA runs both views in one
+forward pass. The arithmetic is the same per image; on the CPU, where a kernel launch costs nothing,
+augmentation stays per batch (it keeps the working set in cache).
 """
 from __future__ import annotations
 
@@ -75,12 +81,38 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return n // batch_size if n >= batch_size else 1  # drop the last partial batch (BN needs > 1 sample)
 
 
+AUG_CHUNK_CUDA = 16384  # images augmented per call on a GPU: ~3 calls per epoch, ~150 MB of float32 at a time
+
+
+def aug_chunk(device: torch.device, batch_size: int) -> int:
+    """Images per augment() call: a few thousand on CUDA (whole batches of them), one batch elsewhere."""
+    if device.type != "cuda":
+        return batch_size
+    return max(batch_size, AUG_CHUNK_CUDA // batch_size * batch_size)
+
+
+def augmented_batches(x_u8: torch.Tensor, order: torch.Tensor, bs: int, steps: int, cfg: TrainConfig, chunk: int):
+    """Yield (step, augmented images) for the epoch's `steps` batches of `bs` indices from `order`.
+
+    Each image is augmented once, independently of the others (its own angle, flip and erasing), so
+    augmenting `chunk` images in one call draws from the same distribution as one call per batch; only the
+    number of kernel launches changes. chunk is a multiple of bs.
+    """
+    for start in range(0, steps, max(1, chunk // bs)):
+        stop = min(steps, start + max(1, chunk // bs))
+        xs = augment(x_u8[order[start * bs:stop * bs]], cfg.rotate_deg, cfg.flip_p, cfg.erase_p, generator=None)
+        for step in range(start, stop):
+            yield step, xs[(step - start) * bs:(step - start + 1) * bs]
+
+
 def train_one_epoch(model, optimizer, scheduler, x_u8: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
-                    generator: torch.Generator | None = None, should_stop=None, check_every_s: float = 1.0) -> dict:
+                    generator: torch.Generator | None = None, should_stop=None, check_every_s: float = 1.0,
+                    chunk: int | None = None) -> dict:
     """x_u8 (N, 28, 28) uint8 and y (N,) on the model's device. Returns loss, acc, f1, lr, seconds, n.
 
     should_stop: a callable asked about once every `check_every_s` seconds; when it says True the epoch ends
     at once and the dict is {"stopped": True, "seconds": ...} (a slot abandoning a trial that Tune stopped).
+    chunk: images augmented per call (default aug_chunk(device, batch size)).
     """
     device = x_u8.device
     model.train()
@@ -91,14 +123,13 @@ def train_one_epoch(model, optimizer, scheduler, x_u8: torch.Tensor, y: torch.Te
     total_loss = torch.zeros((), device=device)
     preds, trues = [], []
     next_check = t0 + check_every_s
-    for step in range(steps_per_epoch(n, bs)):
+    steps = steps_per_epoch(n, bs)
+    for step, xb in augmented_batches(x_u8, order, bs, steps, cfg, chunk or aug_chunk(device, bs)):
         if should_stop is not None and time.perf_counter() >= next_check:
             if should_stop():
                 return {"stopped": True, "seconds": time.perf_counter() - t0}
             next_check = time.perf_counter() + check_every_s
-        idx = order[step * bs:(step + 1) * bs]
-        xb = augment(x_u8[idx], cfg.rotate_deg, cfg.flip_p, cfg.erase_p, generator=None)
-        yb = y[idx]
+        yb = y[order[step * bs:(step + 1) * bs]]
         with autocast(device):
             logits = model(xb)
             loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
@@ -106,7 +137,7 @@ def train_one_epoch(model, optimizer, scheduler, x_u8: torch.Tensor, y: torch.Te
         loss.backward()
         optimizer.step()
         scheduler.step()
-        total_loss += loss.detach() * len(idx)
+        total_loss += loss.detach() * len(yb)
         preds.append(logits.detach().argmax(1))
         trues.append(yb)
     pred, true = torch.cat(preds), torch.cat(trues)
@@ -126,21 +157,25 @@ def predict(model, x_u8: torch.Tensor, batch_size: int = 1024, embed: bool = Fal
     """Softmax probabilities (N, 10) (and penultimate embeddings if embed) for uint8 images, in eval mode.
 
     tta_flip: the probabilities are the mean of the softmax of each image and of its horizontal mirror
-    (training flips images too, so the model has seen both); the embeddings stay those of the image.
+    (training flips images too, so the model has seen both); the embeddings stay those of the image. Both
+    views go through the model in one forward pass (in eval mode an image's output does not depend on its
+    batch): half the kernel launches of two passes.
     """
     model.eval()
     device = next(model.parameters()).device
     probs, embs = [], []
     for start in range(0, len(x_u8), batch_size):
         xb = to_input(x_u8[start:start + batch_size].to(device))
+        b = len(xb)
+        if tta_flip:
+            xb = torch.cat((xb, xb.flip(-1)))
         with autocast(device):
             e = model.embed(xb)
-            logits = model.classifier(e)
-            mirrored = model(xb.flip(-1)) if tta_flip else None
-        p = logits.float().softmax(1)
-        probs.append(p if mirrored is None else (p + mirrored.float().softmax(1)) / 2)
+            logits = model.classifier(e).float()
+        p = logits.softmax(1)
+        probs.append((p[:b] + p[b:]) / 2 if tta_flip else p)
         if embed:
-            embs.append(e.float())
+            embs.append(e[:b].float())
     out = {"probs": torch.cat(probs)}
     if embed:
         out["embeddings"] = torch.cat(embs)

@@ -118,3 +118,62 @@ def test_the_report_evaluates_a_fold_model_with_its_trials_tta_setting(tmp_path,
     torch.save({"model": model.state_dict(), "fold": 1, "epoch": 3, "model_config": model_cfg.__dict__,
                 "train_config": train_config}, tmp_path / "old.pt")
     assert load_fold_model(tmp_path / "old.pt", "cpu", 1, 3)[1].tta_flip is False
+
+
+def test_augmenting_in_chunks_yields_every_batch_of_the_epoch_in_order(fmnist):
+    """The GPU path augments a few thousand images per call: the batches (images and order) are the ones
+    per-batch augmentation yields; with augmentation off, to_input of each batch's images (grid_sample's identity, to 1e-5)."""
+    from distributed.augment import to_input
+    from distributed.train import aug_chunk, augmented_batches
+    x = torch.from_numpy(fmnist.train_x[:1000].copy())
+    order = torch.randperm(1000, generator=torch.Generator().manual_seed(0))
+    cfg = TrainConfig(rotate_deg=0.0, flip_p=0.0, erase_p=0.0)
+    steps, bs = steps_per_epoch(1000, 64), 64
+    for chunk in (64, 256, 960, 4096):
+        got = list(augmented_batches(x, order, bs, steps, cfg, chunk))
+        assert [s for s, _ in got] == list(range(15))
+        for step, xb in got:
+            assert xb.shape == (64, 1, 28, 28)
+            torch.testing.assert_close(xb, to_input(x[order[step * 64:(step + 1) * 64]]), rtol=0, atol=1e-5)
+    assert aug_chunk(torch.device("cpu"), 256) == 256  # the CPU augments per batch
+    assert aug_chunk(torch.device("cuda"), 256) == 16384 and aug_chunk(torch.device("cuda"), 100) == 16300
+    assert aug_chunk(torch.device("cuda"), 32768) == 32768
+
+
+def test_augmenting_in_chunks_draws_the_same_distribution_as_per_batch(fmnist):
+    """Each image gets its own angle, flip and erasing whatever the chunk: the flip rate, the erased share and
+    the pixel statistics of 4,096 augmented images agree between one call per batch and one per epoch."""
+    from distributed.train import augmented_batches
+    x = torch.from_numpy(fmnist.train_x[:4096].copy())
+    order = torch.arange(4096)
+    cfg = TrainConfig(rotate_deg=10.0, flip_p=0.5, erase_p=0.3)
+    stats = {}
+    for chunk in (64, 4096):
+        torch.manual_seed(1)
+        xs = torch.cat([xb for _, xb in augmented_batches(x, order, 64, 64, cfg, chunk)])
+        erased = ((xs == 0).flatten(1).sum(1) > 0).float().mean()  # background is -1; an erased box is 0
+        stats[chunk] = (float(xs.mean()), float(xs.std()), float(erased))
+        # flips: without rotation and erasing, each image is either itself or its mirror
+        torch.manual_seed(2)
+        flip_cfg = TrainConfig(rotate_deg=0.0, flip_p=0.5, erase_p=0.0)
+        fl = torch.cat([xb for _, xb in augmented_batches(x, order, 64, 64, flip_cfg, chunk)])
+        plain = x.unsqueeze(1).float() / 127.5 - 1
+        same = (fl - plain).abs().flatten(1).amax(1) < 1e-5
+        mirrored = (fl - plain.flip(-1)).abs().flatten(1).amax(1) < 1e-5
+        assert bool((same | mirrored).all())
+        assert 0.46 < float((mirrored & ~same).float().sum() / (~(same & mirrored)).float().sum()) < 0.54
+    (m1, s1, e1), (m2, s2, e2) = stats[64], stats[4096]
+    assert abs(m1 - m2) < 0.01 and abs(s1 - s2) < 0.01
+    assert 0.26 < e1 < 0.34 and 0.26 < e2 < 0.34 and abs(e1 - e2) < 0.04
+
+
+def test_an_epoch_trained_with_chunked_augmentation_sees_every_batch(fmnist):
+    x = torch.from_numpy(fmnist.train_x[:640].copy())
+    y = torch.from_numpy(fmnist.train_y[:640].copy())
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=3e-3)
+    for chunk in (64, 640):
+        torch.manual_seed(0)
+        model = make_model(ModelConfig(width=8, depth=2, convs_per_block=1, fc_width=32))
+        opt, sched = make_optimizer(model, cfg, steps_per_epoch(len(x), cfg.batch_size))
+        out = train_one_epoch(model, opt, sched, x, y, cfg, chunk=chunk)
+        assert out["n"] == 640 and sched.last_epoch == 10 and np.isfinite(out["loss"])
