@@ -21,7 +21,11 @@ The six figures of issue 6, each against a baseline run in the same process:
     python experiments/bench.py --quick --out /tmp/b.json  # reduced sizes, a few minutes: checks the plumbing
     python experiments/bench.py --only throughput        # re-measure some groups, keep the others in --out
     python experiments/bench.py --only ensemble --ensemble-run results/full   # figure 6 from a full run
+  gpu         (only with --only gpu, on one CUDA GPU, <= 8 minutes) the fold loop's GPU figures, lever by lever,
+              and the full preset's search wall time: see experiments/bench_gpu.py.
+
     python experiments/bench.py --only racing --racing-dir racing   # fold-asha against ASHA and FIFO, 5 seeds
+    python experiments/bench.py --only gpu               # on a GPU machine: per-fold epoch s, MFU, full search
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))  # bench_gpu, beside this file, also when loaded by path
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -53,6 +58,8 @@ from distributed.data import load  # noqa: E402
 from distributed.model import make_model, num_params  # noqa: E402
 from distributed.train import autocast, evaluate, make_optimizer, steps_per_epoch, train_one_epoch  # noqa: E402
 
+import bench_gpu  # noqa: E402
+
 GROUPS = {
     "throughput": ("throughput_img_s", "throughput_vs_compute_only", "throughput_vs_seed_pipeline", "mfu"),
     "search": ("overhead_fraction", "trial_start_latency_s", "search_start_s", "quick_search_wall_s"),
@@ -61,8 +68,10 @@ GROUPS = {
     "ensemble": ("full_ensemble_test_acc",),
     "racing": ("racing_regret_asha", "racing_regret_fold_asha", "racing_asha_stops_fifo_winner",
                "racing_fold_asha_stops_fifo_winner", "racing_epoch_ratio"),
+    "gpu": bench_gpu.KEYS,
 }
-DEFAULT_GROUPS = tuple(g for g in GROUPS if g != "racing")  # racing is 15 searches: asked for by name
+# racing is 15 searches, gpu needs a CUDA GPU: both are asked for by name
+DEFAULT_GROUPS = tuple(g for g in GROUPS if g not in ("racing", "gpu"))
 FIGURES = tuple(k for keys in GROUPS.values() for k in keys)
 
 SEED_MODEL = ModelConfig(width=32, depth=2, convs_per_block=2, fc_width=512)  # the seed's CNN, 1,677,482 params
@@ -110,7 +119,7 @@ def versions() -> dict:
 
     from distributed.run import versions as engine_versions  # ray, torch, optuna: as summary.json records them
     return {"python": platform.python_version(), **engine_versions(), "torchvision": torchvision.__version__,
-            "numpy": np.__version__}
+            "numpy": np.__version__, "cuda": torch.version.cuda}
 
 
 def load_avg() -> list[float]:
@@ -721,6 +730,15 @@ GOALS = (
      lambda v: v <= 1),
     ("racing_epoch_ratio", "epochs fold-asha / epochs ASHA, same seed (median over seeds)", "<= 1.5",
      lambda v: v <= 1.5),
+    ("gpu_epoch_s_small", "GPU: w32 d3 b64 (config C), 5 folds sharing one GPU, per-fold epoch s", "<= 1.0",
+     lambda v: v <= 1.0),
+    ("gpu_epoch_s_wide", "GPU: w64 d2 b256 (config A), the same way", "<= 0.7", lambda v: v <= 0.7),
+    ("gpu_mfu_deep", "GPU: w64 d3 b256 (config B), model FLOP/s of the 5 folds / measured bf16 peak", ">= 0.25",
+     lambda v: v >= 0.25),
+    ("gpu_full_search_s", "GPU: wall s of `tune.py --num-gpus 1` (full preset, all its trials)", "<= 300",
+     lambda v: v <= 300),
+    ("gpu_fixed_trial_acc", "GPU: fold-mean val acc of config A's trial (30 epochs)", ">= 0.948",
+     lambda v: v >= 0.948),
 )
 TABLE_BEGIN, TABLE_END = "<!-- bench.py table: begin -->", "<!-- bench.py table: end -->"
 
@@ -836,6 +854,9 @@ def main(argv=None) -> int:
         print(f"wrote the table in {markdown} from {args.out}")
         return 0
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if "gpu" in groups and device.type != "cuda" and not args.quick:
+        parser.error("--only gpu measures a CUDA GPU, and torch sees none here (--quick checks its plumbing on "
+                     "the CPU)")
 
     out_path = Path(args.out)
     old = json.loads(out_path.read_text()) if out_path.exists() and set(groups) != set(GROUPS) else {}
@@ -858,6 +879,9 @@ def main(argv=None) -> int:
         elif group == "racing":
             figures, details, reasons = bench_racing(args.quick, args.racing_args.split(), args.racing_dir,
                                                      args.racing_seeds)
+        elif group == "gpu":
+            figures, details, reasons = bench_gpu.bench_gpu(data, device, args.quick, matmul_peak)
+            out["gpu_device"] = details["device"]
         else:
             figures, details, reasons = bench_ensemble(data, device, args.quick, args.ensemble_run)
         for key in GROUPS[group]:  # a null figure carries its reason; a measured one drops an old reason

@@ -16,7 +16,8 @@ bench = load_script("bench")
 TOP_LEVEL = {"throughput_img_s", "throughput_vs_compute_only", "throughput_vs_seed_pipeline", "mfu",
              "overhead_fraction", "asha_epoch_ratio", "asha_acc_gap", "time_to_93_s", "best_test_acc_15min",
              "full_ensemble_test_acc", "trial_start_latency_s", "search_start_s", "quick_search_wall_s", "racing_epoch_ratio", "racing_regret_asha",
-             "racing_regret_fold_asha", "racing_asha_stops_fifo_winner", "racing_fold_asha_stops_fifo_winner", "machine", "versions", "repeats", "notes"}
+             "racing_regret_fold_asha", "racing_asha_stops_fifo_winner", "racing_fold_asha_stops_fifo_winner", "machine", "versions", "repeats", "notes",
+             "gpu_epoch_s_small", "gpu_epoch_s_wide", "gpu_mfu_deep", "gpu_full_search_s", "gpu_fixed_trial_acc"}
 # mfu is not among them: --quick times 2 short passes against a 3-matmul peak, which can put it above 1
 # (1.04-1.05 seen on 2026-12-01 when the suite ran test_config first); the plumbing check asserts it positive.
 FRACTIONS = ("overhead_fraction", "best_test_acc_15min", "full_ensemble_test_acc")
@@ -218,7 +219,8 @@ def test_the_markdown_table_shows_each_figure_against_its_goal(tmp_path):
     assert text.startswith("# Benchmarks\n\nintro\n\n<!-- bench.py table: begin -->") and text.endswith("-->\n\nafter\n")
     assert "stale row" not in text and text.count("<!-- bench.py table: begin -->") == 1
     rows = {line.split("`")[1]: line.split(" | ")[1:] for line in text.splitlines() if line.startswith("| `")}
-    assert len(rows) == 18
+    assert len(rows) == 23
+    assert rows["gpu_full_search_s"] == ["null: not measured", "<= 300", "not measured |"]
     assert rows["mfu"] == ["0.61", ">= 0.60", "yes |"]
     assert rows["overhead_fraction"] == ["0.5", "<= 0.15", "**no** |"]
     assert rows["asha_epoch_ratio"] == ["3.2", ">= 3", "yes |"]
@@ -300,3 +302,54 @@ def test_bench_refuses_a_run_that_cannot_give_figure_6(tmp_path, capsys, make, m
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"bench.py: error: --ensemble-run {run}: ") and message in err
     assert not out.exists() and sorted(str(p) for p in run.rglob("*")) == before
+
+
+# ---------------------------------------------------------------- the gpu group (its plumbing, on the CPU)
+bench_gpu = bench.bench_gpu
+
+
+def test_the_gpu_group_is_asked_for_by_name_and_refused_without_cuda(capsys):
+    assert "gpu" not in bench.DEFAULT_GROUPS and bench.GROUPS["gpu"] == bench_gpu.KEYS
+    assert {key for key, *_ in bench.GOALS} >= set(bench_gpu.KEYS)  # each has its row in BENCHMARKS.md
+    if bench.torch.cuda.is_available():
+        pytest.skip("refusal is for machines without CUDA")
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--only", "gpu", "--out", "/nonexistent/bench.json"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == ("bench.py: error: --only gpu measures a CUDA GPU, and torch sees none here "
+                                       "(--quick checks its plumbing on the CPU)\n")
+
+
+def test_the_fold_harness_runs_the_engines_fold_loop_in_one_process_per_fold(fmnist):
+    """Two folds (and two trials' worth of them) of 600 real images, on the CPU: per-fold figures of the
+    epoch that each fold trained on its own part of the engine's split."""
+    data = type("D", (), {"train_x": fmnist.train_x[:600], "train_y": fmnist.train_y[:600]})
+    shared = bench_gpu.split(data, k=2)
+    model = bench.ModelConfig(width=4, depth=2, convs_per_block=1, fc_width=16)
+    train = bench.TrainConfig(epochs=1, batch_size=50, tta_flip=True)
+    run = bench_gpu.shared_epochs(shared, model, train, 2, "cpu", k=2, trials=2, chunk="auto", cudnn=False)
+    assert run["processes"] == 4 and len(run["epoch_s_folds"]) == 4 and run["mps"] is False
+    assert run["train_n"] == 300 // 50 * 50 and run["val_n"] == 300  # each fold trains on the other's 300
+    assert run["epoch_s"] > 0 and run["first_epoch_s"] > 0
+    assert 0.0 <= run["val_acc_mean"] <= 1.0
+
+
+def test_mfu_counts_training_steps_and_both_tta_views_of_every_fold():
+    model, train = bench.ModelConfig(width=8, depth=2, convs_per_block=1, fc_width=32), bench.TrainConfig(tta_flip=True)
+    cpu = bench.torch.device("cpu")
+    fwd, step = bench_gpu.step_flops(model, cpu, False), bench_gpu.step_flops(model, cpu, True)
+    assert 2.5 * fwd < step < 3.0 * fwd  # backward: about twice the forward (the first conv needs no input grad)
+    run = {"train_n": 1000, "val_n": 250, "processes": 5, "epoch_s": 2.0}
+    got = bench_gpu.mfu(model, train, run, peak=1e12, device=cpu)
+    assert got["flops_per_fold_epoch"] == pytest.approx(step * 1000 + fwd * 2 * 250)
+    assert got["mfu"] == pytest.approx(got["flops_per_fold_epoch"] * 5 / 2.0 / 1e12)
+    no_tta = bench_gpu.mfu(model, bench.TrainConfig(tta_flip=False), run, peak=1e12, device=cpu)
+    assert no_tta["flops_per_fold_epoch"] == pytest.approx(step * 1000 + fwd * 250)
+
+
+def test_the_issues_configurations_are_the_ones_measured():
+    shapes = {name: (m.width, m.depth, t.batch_size) for name, (m, t) in bench_gpu.CONFIGS.items()}
+    assert shapes == {"A": (64, 2, 256), "B": (64, 3, 256), "C": (32, 3, 64), "D": (16, 3, 64)}
+    m, t = bench_gpu.FIXED_TRIAL
+    assert (t.lr, t.weight_decay, m.dropout, t.label_smoothing, t.erase_p, m.convs_per_block, m.fc_width,
+            t.tta_flip, t.epochs) == (0.00206, 0.00442, 0.362, 0.158, 0.264, 2, 256, True, 30)
