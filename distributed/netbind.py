@@ -15,13 +15,15 @@ instance starts: a `ray start --address` run from this process later (a test's c
 join anything with it set. A driver that joins such an instance needs the constant too: Ray would turn
 127.0.0.1:PORT into the machine's address:PORT (resolve_ip_for_localhost again), where nothing listens.
 
-One socket stays on all interfaces: torch.distributed's rendezvous store. Ray Train's TorchTrainer sets up a
-process group in every worker group (ray/train/torch/config.py, _TorchBackend.on_start: init_process_group with
-init_method "env://", MASTER_ADDR = the rank-0 worker's node IP), and its rank 0 hosts a c10d TCPStore whose
-server binds "::" or "0.0.0.0" whatever MASTER_ADDR is (torch/csrc/distributed/c10d/TCPStoreLibUvBackend.cpp,
-UvTcpServer::makeWithPort; only a pre-bound socket, which Ray Train cannot pass, avoids it). Its clients, the
-slot's other fold workers, reach it on 127.0.0.1. gloo's own sockets bind the address of the host name unless
-GLOO_SOCKET_IFNAME names an interface: the loopback interface, here.
+torch.distributed is kept out of it: a process group would add a socket on all interfaces. Ray Train's own
+TorchConfig sets one up in every worker group (ray/train/torch/config.py, _TorchBackend.on_start:
+init_process_group with init_method "env://"), and its rank 0 hosts a c10d TCPStore whose server binds "::" or
+"0.0.0.0" whatever MASTER_ADDR is (torch/csrc/distributed/c10d/TCPStoreLibUvBackend.cpp,
+UvTcpServer::makeWithPort; only a pre-bound socket, which Ray Train cannot pass, avoids it), unauthenticated.
+The slots' fold workers never exchange a tensor, so their TorchTrainers set up no process group, locally or on
+a cluster (distributed.slots.NoGroupConfig). GLOO_SOCKET_IFNAME still names the loopback interface, so that a
+gloo group something else might set up keeps gloo's own sockets there (they bind the address of the host name
+otherwise).
 
 Token mode: a local ray.init() with RAY_AUTH_MODE unset turns token authentication on, writes
 ~/.ray/auth_token if missing, and logs "Token authentication is enabled for this Ray cluster. Set

@@ -19,11 +19,13 @@ from __future__ import annotations
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 
 import ray
 import ray.train
 import ray.tune
 from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.torch.config import _TorchBackend
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from distributed.config import ExperimentConfig, SearchStopped, to_dict
@@ -34,6 +36,31 @@ from distributed.cv import fold_worker
 # - the preemption watcher: an extra actor polling for spot-instance notices every 5 s;
 # - Train's Prometheus metrics callbacks on the controller and every worker.
 SLOT_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0"}
+
+
+class _NoGroupBackend(_TorchBackend):
+    """Ray's torch backend without its process group. The folds never exchange a tensor (fold metrics go
+    through the coordinator actor), and the group cost a socket: rank 0's c10d TCPStore, which binds "::" or
+    0.0.0.0 whatever MASTER_ADDR says (distributed.netbind). Kept from _TorchBackend: CUDA_VISIBLE_DEVICES
+    shared by the workers of a node (share_cuda_visible_devices, applied by Train's accelerator setup before
+    on_start), and on_shutdown's emptying of the CUDA cache (it destroys a process group only if one exists).
+    ray.train.torch.get_device() reads Ray's GPU ids and CUDA_VISIBLE_DEVICES, not the group, and the
+    config's train_func_context still sets each worker's CUDA device."""
+
+    def on_start(self, worker_group, backend_config):
+        pass  # Ray's: MASTER_ADDR/PORT, RANK/LOCAL_RANK/WORLD_SIZE (for init_process_group), init_process_group
+
+
+@dataclass
+class NoGroupConfig(TorchConfig):
+    """A TorchTrainer's torch_config that sets up no torch.distributed process group, locally or on a
+    cluster: no rendezvous store, no gloo or NCCL sockets, no group to tear down when a worker dies."""
+
+    backend: str = "none"  # read only by _TorchBackend.on_start; shown as the run's backend by Ray's state API
+
+    @property
+    def backend_cls(self):
+        return _NoGroupBackend
 
 
 class SlotCallback(ray.tune.Callback):
@@ -90,8 +117,9 @@ class Slots:
                     num_workers=cfg.cv.folds, use_gpu=res["gpu"] > 0,
                     resources_per_worker={"CPU": res["cpu"], "GPU": res["gpu"]},
                 ),
-                # gloo: fractional GPUs per worker share a device, which NCCL refuses; no tensor crosses ranks.
-                torch_config=TorchConfig(backend="gloo"),
+                # no process group: no tensor crosses ranks (and so no rendezvous store listening on every
+                # interface, nor NCCL's refusal of fractional GPUs that share a device)
+                torch_config=NoGroupConfig(),
                 run_config=ray.train.RunConfig(
                     name=f"slot_{i}", storage_path=f"{self.run_root}/slots",
                     # the trials' failures are counted per trial by the coordinator (--max-failures); the slot
