@@ -1,6 +1,6 @@
 # make run   fresh machine -> venv, deps, data, a quick local search, its report
 # make test  same set-up, then the test suite (no slow tests)
-# make gpu-check  on a CUDA machine: the GPU paths end to end in <= 10 minutes (exit 2 where there is no CUDA)
+# make gpu-check  on a CUDA machine: the GPU paths end to end in <= 4 minutes (exit 2 where there is no CUDA)
 # make dashboard RUN=NAME  Optuna's dashboard on results/NAME/optuna.db, served on 127.0.0.1 (prints the URL)
 SHELL := /bin/bash
 # The first Python that pyproject's requires-python (>= 3.11) admits: Ubuntu 22.04's python3 is 3.10.

@@ -67,6 +67,25 @@ def gc(monkeypatch):
 
 def test_the_checks_in_order(gc):
     assert [name for name, _ in gc.CHECKS] == ["search", "worker", "driver", "report", "clip", "export"]
+    # every check runs in exactly one phase; report and export come after the search they read
+    assert sorted(n for phase in gc.PHASES for n in phase) == sorted(n for n, _ in gc.CHECKS)
+    assert all("search" in gc.PHASES[i] for i, phase in enumerate(gc.PHASES) for n in phase
+               if n in ("report", "export")) is False
+    assert gc.PHASES[0] == ("search", "worker", "driver", "clip") and gc.PHASES[1] == ("report", "export")
+
+
+def test_a_check_that_raises_is_one_failed_line_and_the_rest_still_run(gc, tmp_path):
+    ctx = gc.Ctx(tmp_path, gc.time.monotonic() + 60, 0)
+
+    def broken(ctx):
+        raise KeyError("best_cv")
+
+    def fine(ctx):
+        return "42 images"
+    ok, line = gc.run_check(ctx, "report", broken)
+    assert not ok and line.startswith("report  FAILED  KeyError: 'best_cv'  [")
+    ok, line = gc.run_check(ctx, "clip", fine)
+    assert ok and line.startswith("clip    ok      42 images  [")
 
 
 # A stand-in nvidia-smi: call n of --query-compute-apps lists a process that was there before (pid 7) and, from
