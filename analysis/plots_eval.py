@@ -83,20 +83,30 @@ def plot_misclassified(images: np.ndarray, true: np.ndarray, pred: np.ndarray, c
     return _image_grid(images, titles, ["#cf222e"] * len(images), suptitle)
 
 
+# Height of one comparison's row and of the title, axis label and margins around the rows, in inches:
+# the panel grows with the number of challengers instead of leaving a fixed empty band.
+ROW_INCHES, FRAME_INCHES = 0.45, 1.35
+
+
 def plot_paired_differences(comparison: pd.DataFrame, alpha: float = 0.05):
-    """Per challenger: the per-fold accuracy differences (winner - challenger) as dots, their mean and
-    the corrected-t (1 - alpha) confidence interval; an interval clear of zero is a real difference."""
-    fig = new_figure(9, 0.6 * len(comparison) + 1.8)
+    """Per challenger, on one row: the per-fold accuracy differences (winner - challenger) as dots, their
+    mean (diamond) and the corrected-t (1 - alpha) confidence interval; an interval clear of zero is a real
+    difference. Each row is one unit of y and ROW_INCHES of height, so the panel has no empty band."""
+    n = len(comparison)
+    fig = new_figure(9, ROW_INCHES * n + FRAME_INCHES)
     ax = fig.add_subplot()
     for y, (_, r) in enumerate(comparison.iterrows()):
         color = "#1a7f37" if r.significant else "#6e7781"
         ax.errorbar(r["mean"], y, xerr=[[r["mean"] - r.ci_low], [r.ci_high - r["mean"]]], fmt="D",
-                    color=color, capsize=4, ms=7, zorder=3)
-        ax.scatter(r.diffs, np.full(len(r.diffs), y) + 0.18, s=14, color="black", alpha=0.6, zorder=2)
+                    color=color, capsize=5, ms=8, lw=1.6, zorder=2)
+        # The folds on the interval's own line, drawn over it (a fold at the mean shows on the diamond).
+        ax.scatter(r.diffs, np.full(len(r.diffs), float(y)), s=22, color="black", alpha=0.7, linewidths=0,
+                   zorder=3)
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_yticks(range(len(comparison)), [f"#1 vs #{r['rank']} {r.trial_id}" for _, r in comparison.iterrows()])
-    ax.invert_yaxis()
-    ax.set_xlabel("validation accuracy difference, winner − challenger (dots: folds)")
+    ax.set_yticks(range(n), [f"#1 vs #{r['rank']} {r.trial_id}" for _, r in comparison.iterrows()])
+    ax.set_ylim(n - 0.5, -0.5)  # one unit per row, the first at the top
+    ax.tick_params(labelsize=10)
+    ax.set_xlabel("validation accuracy difference, winner − challenger (dots: folds)", fontsize=10)
     ax.set_title(f"Paired fold differences with Nadeau–Bengio corrected {100 * (1 - alpha):.0f}% intervals",
                  fontsize=10)
     ax.grid(axis="x", alpha=0.3)

@@ -77,6 +77,29 @@ def plot_importances(importances: pd.Series, epoch: int, n_trials: int):
     return fig
 
 
+def _short(t: float, log: bool) -> str:
+    """A tick label in as few characters as it needs: 3e-4, 2.9e-3 on log axes; 0.15, 64 otherwise."""
+    if not log:
+        return f"{t:.3g}"
+    mantissa, exponent = f"{t:.1e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def _nice_ticks(lo: float, hi: float, log: bool, integer: bool) -> list[float]:
+    """The range's two ends (the axes span the search space) and the round values between them (powers of
+    ten on a log axis) that do not crowd an end."""
+    f = np.log10 if log else float
+
+    def inner(candidates) -> list[float]:
+        return [float(t) for t in candidates if min(f(t) - f(lo), f(hi) - f(t)) > 0.12 * (f(hi) - f(lo))]
+
+    if not log:
+        return [lo, *inner(MaxNLocator(nbins=4, steps=[1, 2, 5, 10], integer=integer).tick_values(lo, hi)), hi]
+    decades = range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+    # less than a decade wide: 1, 2 and 5 times the powers of ten instead
+    return [lo, *(inner(10.0 ** e for e in decades) or inner(m * 10.0 ** e for e in decades for m in (1, 2, 5))), hi]
+
+
 def _axis_scale(dist, values: np.ndarray):
     """Map values to [0, 1] on a parameter's axis, and return a few (position, label) ticks."""
     if isinstance(dist, optuna.distributions.CategoricalDistribution):
@@ -87,8 +110,16 @@ def _axis_scale(dist, values: np.ndarray):
     log = getattr(dist, "log", False)
     f = np.log10 if log else (lambda v: np.asarray(v, dtype=float))
     pos = (f(values) - f(lo)) / (f(hi) - f(lo))
-    ticks = np.logspace(np.log10(lo), np.log10(hi), 4) if log else np.linspace(lo, hi, 4)
-    return pos, [((f(t) - f(lo)) / (f(hi) - f(lo)), f"{t:.1e}" if log else f"{t:.3g}") for t in ticks]
+    integer = isinstance(dist, optuna.distributions.IntDistribution)
+    ticks = _nice_ticks(lo, hi, log, integer)
+    return pos, [(float((f(t) - f(lo)) / (f(hi) - f(lo))), _short(t, log and not integer)) for t in ticks]
+
+
+# Axis value labels sit right of their axis, this many points away, on a white box above the trial lines,
+# so neither the axis line nor a trial's line runs through a number.
+LABEL_PAD_PT, LABEL_FONTSIZE = 4, 8.5
+REPORT_WIDTH_IN = 11.2
+LABEL_BOX = dict(boxstyle="square,pad=0.15", facecolor="white", edgecolor="none", alpha=0.85)
 
 
 def plot_parallel_coordinates(study: optuna.Study, epoch: int):
@@ -104,7 +135,9 @@ def plot_parallel_coordinates(study: optuna.Study, epoch: int):
     obj_ticks = [((v - vlo) / span, f"{v:.3f}") for v in np.linspace(vlo, vhi, 4)]
     cols.append((f"val acc @ epoch {epoch}", obj_pos, obj_ticks))
 
-    fig = new_figure(2.0 * len(cols) + 2, 4.2)
+    # About 1.2 inches per axis, at most the report column's 1,232 pixels (11.2 inches at 110 dpi), so the
+    # browser shows the figure at its own size and the labels at their point size; at least 8 for the title.
+    fig = new_figure(min(max(1.2 * len(cols) + 1.6, 8.0), REPORT_WIDTH_IN), 4.2)
     ax = fig.add_subplot()
     mappable = ScalarMappable(norm=Normalize(vlo, vhi), cmap=SEQUENTIAL)
     fig.colorbar(mappable, ax=ax, pad=0.02).set_label(f"validation accuracy at epoch {epoch}")
@@ -118,9 +151,10 @@ def plot_parallel_coordinates(study: optuna.Study, epoch: int):
     for x, (name, _, ticks) in zip(xs, cols):
         ax.axvline(x, color="black", lw=0.8, zorder=1)
         for pos, label in ticks:
-            ax.text(x - 0.04, pos, label, ha="right", va="center", fontsize=7.5, color="#333333")
+            ax.annotate(label, (x, pos), xytext=(LABEL_PAD_PT, 0), textcoords="offset points", ha="left",
+                        va="center", fontsize=LABEL_FONTSIZE, color="#333333", bbox=LABEL_BOX, zorder=4)
     ax.set_xticks(xs, [c[0] for c in cols])
-    ax.set_xlim(-0.5, len(cols) - 0.8)
+    ax.set_xlim(-0.15, len(cols) - 0.6)  # room right of the last axis for its labels
     ax.set_ylim(-0.05, 1.05)
     ax.set_yticks([])
     for side in ("left", "right", "top"):

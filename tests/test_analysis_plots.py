@@ -8,13 +8,17 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection, PathCollection
 
 from analysis import html, plots_curves, plots_eval, plots_search, search
 from analysis.embeddings import plot_umap_pair, sample_indices
 from analysis.metrics import confusion_matrix, summarize
-from analysis.style import to_png
+from analysis.stats import compare_to_best
+from analysis.style import DPI, to_png
 from analysis.tables import Run, format_value
-from distributed.config import CLASS_NAMES, PRESETS
+from distributed.config import CLASS_NAMES, PRESETS, SEARCHABLE
+from distributed.search import define_space
 
 from test_analysis_tables import synthetic_epochs
 
@@ -184,11 +188,115 @@ def test_start_order_matches_trials_to_optuna_numbers(tmp_path):
     assert search.distributions(stored) == DISTS
 
 
-def test_paired_differences_figure():
-    from analysis.stats import compare_to_best
+def drawn(fig):
+    """Lay the figure out and draw it with Agg, as to_png does, so window extents are the PNG's pixels."""
+    FigureCanvasAgg(fig).draw()
+    return fig.canvas.get_renderer()
+
+
+def comparison_of(n_rows: int, k: int = 5):
+    rng = np.random.default_rng(n_rows)
+    means = np.linspace(0.9, 0.8, n_rows + 1)[:, None]
+    folds = pd.DataFrame(means + rng.normal(0, 0.01, (n_rows + 1, k)), index=[f"t{i}" for i in range(n_rows + 1)],
+                         columns=[f"fold{j}" for j in range(k)])
+    return compare_to_best(folds, 1 / (k - 1))
+
+
+def test_paired_differences_figure_puts_each_rows_folds_on_its_interval():
     folds = pd.DataFrame({"fold0": [0.9, 0.8], "fold1": [0.92, 0.81], "fold2": [0.91, 0.83]}, index=["a", "b"])
     fig = plots_eval.plot_paired_differences(compare_to_best(folds, 0.5))
     assert tick_labels(fig.axes[0].yaxis) == ["#1 vs #2 b"]
+
+    comparison = comparison_of(4)
+    ax = plots_eval.plot_paired_differences(comparison).axes[0]
+    assert tick_labels(ax.yaxis) == [f"#1 vs #{i} t{i - 1}" for i in range(2, 6)]
+    means = [line for line in ax.lines if line.get_marker() == "D"]
+    dots = [c for c in ax.collections if isinstance(c, PathCollection)]
+    intervals = [c for c in ax.collections if isinstance(c, LineCollection)]
+    assert len(means) == len(dots) == len(intervals) == 4
+    for row, r in comparison.iterrows():
+        assert list(means[row].get_ydata()) == [row] and means[row].get_xdata()[0] == pytest.approx(r["mean"])
+        (x0, y0), (x1, y1) = intervals[row].get_segments()[0]
+        assert (y0, y1) == (row, row) and (x0, x1) == pytest.approx((r.ci_low, r.ci_high))
+        np.testing.assert_array_equal(dots[row].get_offsets()[:, 1], np.full(5, row))  # the interval's y
+        np.testing.assert_allclose(dots[row].get_offsets()[:, 0], r.diffs)
+        assert dots[row].get_zorder() > intervals[row].get_zorder()  # folds drawn over the interval
+    assert ax.get_ylim() == (3.5, -0.5)  # one unit per row, the first on top, no empty band
+
+
+def test_paired_differences_figure_height_grows_by_one_row_per_challenger():
+    heights, panels = {}, {}
+    for n in (1, 2, 4):
+        fig = plots_eval.plot_paired_differences(comparison_of(n))
+        renderer = drawn(fig)
+        heights[n] = fig.get_size_inches()[1]
+        panels[n] = fig.axes[0].get_window_extent(renderer).height
+        assert panels[n] > 0.6 * fig.bbox.height  # the panel, not margins, fills the figure
+        labels = [t.get_window_extent(renderer) for t in fig.axes[0].get_yticklabels()]
+        assert all(t.get_fontsize() >= 10 for t in fig.axes[0].get_yticklabels())
+        assert all(b.x0 >= 0 for b in labels)  # not cut off at the left edge
+        assert not any(a.overlaps(b) for a, b in zip(labels, labels[1:]))
+    assert heights[1] == pytest.approx(plots_eval.ROW_INCHES + plots_eval.FRAME_INCHES)
+    assert heights[4] - heights[1] == pytest.approx(3 * plots_eval.ROW_INCHES)
+    # every added row adds one row's height to the panel itself (the frame around it stays the same)
+    row_px = plots_eval.ROW_INCHES * DPI
+    assert panels[2] - panels[1] == pytest.approx(row_px, abs=1)
+    assert panels[4] - panels[1] == pytest.approx(3 * row_px, abs=1)
+
+
+def full_space_study(n_trials: int = 12) -> optuna.Study:
+    """The search's real space (every searchable hyperparameter) with random values."""
+    rng = np.random.default_rng(0)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: (define_space(t, SEARCHABLE), float(rng.uniform(0.8, 0.92)))[1], n_trials=n_trials)
+    return study
+
+
+@pytest.mark.parametrize("space", ["full", "two"])
+def test_parallel_coordinates_labels_clear_every_axis_line(space, tmp_path):
+    study = full_space_study() if space == "full" else search.study_at_epoch(synthetic_run(tmp_path), DISTS, epoch=1)
+    fig = plots_search.plot_parallel_coordinates(study, epoch=1)
+    renderer = drawn(fig)
+    ax = fig.axes[0]
+    rules = [line for line in ax.lines if len(line.get_xdata()) == 2]  # axvline: one per axis
+    n_axes = len(study.trials[0].distributions) + 1
+    assert len(rules) == n_axes
+    half_width = max(line.get_linewidth() for line in rules) * DPI / 72 / 2
+    rule_px = [ax.transData.transform((line.get_xdata()[0], 0))[0] for line in rules]
+    labels = ax.texts
+    assert len(labels) >= 2 * n_axes  # at least both ends of every axis
+    top_line = max(line.get_zorder() for line in ax.lines)
+    for text in labels:
+        box = text.get_window_extent(renderer)
+        hit = [x for x in rule_px if box.x0 - half_width <= x <= box.x1 + half_width]
+        assert not hit, f"{text.get_text()!r} at {box} crosses the axis line at x={hit}"
+        assert box.x1 <= fig.bbox.x1
+        patch = text.get_bbox_patch()  # the white box that keeps trial lines from running through the digits
+        assert patch is not None and patch.get_facecolor()[:3] == (1.0, 1.0, 1.0)
+        box = patch.get_window_extent(renderer)
+        assert not [x for x in rule_px if box.x0 - half_width <= x <= box.x1 + half_width]
+        assert text.get_zorder() > top_line  # above every trial's line
+    names = [t.get_window_extent(renderer) for t in ax.get_xticklabels()]
+    assert not any(a.overlaps(b) for a, b in zip(names, names[1:]))  # axis names side by side, not on top
+    assert fig.get_size_inches()[0] <= plots_search.REPORT_WIDTH_IN  # shown at its own size in the report
+
+
+def test_parallel_coordinates_tick_labels_are_short_and_round():
+    texts = {}
+    fig = plots_search.plot_parallel_coordinates(full_space_study(), epoch=9)
+    ax = fig.axes[0]
+    for line in ax.lines:
+        if len(line.get_xdata()) == 2:
+            x = line.get_xdata()[0]
+            texts[tick_labels(ax.xaxis)[int(x)]] = [t.get_text() for t in ax.texts if t.xy[0] == x]
+    assert texts["lr"] == ["3e-4", "1e-3", "1e-2"]
+    assert texts["weight_decay"] == ["1e-5", "1e-4", "1e-3", "1e-2", "5e-2"]
+    assert texts["dropout"] == ["0", "0.2", "0.4", "0.6"]
+    assert texts["batch_size"] == ["64", "128", "256"]
+    assert texts["depth"] == ["2", "3"]  # an integer axis has no 2.33
+    assert texts["label_smoothing"] == ["0", "0.05", "0.1", "0.15", "0.2"]
+    assert texts["erase_p"] == ["0", "0.2", "0.4", "0.5"]
+    assert max(len(t) for labels in texts.values() for t in labels) <= 5
 
 
 def test_html_is_escaped_and_self_contained():
