@@ -3,10 +3,12 @@ and the one-line-on-stderr, exit-code-2 handling of bad input."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import typing
 
+from distributed.cli_help import GROUPS, flag_help, metavar
 from distributed.config import (PRESETS, TOP_LEVEL, ConfigError, ExperimentConfig, choose_preset, leaf_fields,
                                 override)
 
@@ -40,24 +42,38 @@ def _converter(type_text: str):
     return conv
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """--preset, --name, --storage-path, --resume, then one flag per leaf field of the config tree."""
-    parser.add_argument("--preset", help=f"one of {', '.join(PRESETS)}; default: full when the search will train on "
-                                         f"GPUs (--num-gpus > 0, or GPUs visible; with --address, GPUs the cluster "
-                                         f"can scale to), quick on the CPU; with --resume, the stored run's")
-    parser.add_argument("--name", help="run name: results go to STORAGE_PATH/NAME "
-                                       "(default: PRESET-YYYYmmdd-HHMMSS, a new run each time)")
-    parser.add_argument("--storage-path", help="parent directory of run directories (default: results)")
-    parser.add_argument("--resume", action="store_true", help="continue the run directory of --name")
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    defaults = ExperimentConfig()
-    for name, (section, f) in leaf_fields().items():
-        group = groups.setdefault(section, parser.add_argument_group(f"{section} (override the preset)"))
-        default = getattr(getattr(defaults, section), name)
-        shown = ",".join(default) if isinstance(default, tuple) else default
-        group.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_converter(str(f.type)),
-                           default=argparse.SUPPRESS, metavar=name.upper(),
-                           help=f"{section}.{name} (base default {shown})")
+def add_config_flags(parser: argparse.ArgumentParser) -> dict[str, argparse._ArgumentGroup]:
+    """--preset, --name, --storage-path, --resume and one flag per leaf field of the config tree, in the groups
+    of distributed.cli_help (common options first), each with its help and its values in the quick and full
+    presets. Adds -h/--help to the common group when the parser has none. Returns the groups by key."""
+    groups = {key: parser.add_argument_group(title) for key, title, _ in GROUPS}
+    where = {name: key for key, _, names in GROUPS for name in names}
+    if not parser.add_help:
+        groups["common"].add_argument("-h", "--help", action="help", help="show this help and exit")
+    leaves = leaf_fields()
+    missing = set(leaves) - set(where)
+    assert not missing, f"config fields without a --help group in distributed/cli_help.py: {sorted(missing)}"
+    for key, _, names in GROUPS:
+        for name in names:
+            if name in leaves:
+                _add_leaf_flag(groups[key], name, *leaves[name])
+            else:
+                _add_top_level_flag(groups[key], name)
+    return groups
+
+
+def _add_top_level_flag(group: argparse._ArgumentGroup, name: str) -> None:
+    flag = f"--{name.replace('_', '-')}"
+    if name == "resume":
+        group.add_argument(flag, action="store_true", help=flag_help(name))
+    else:
+        group.add_argument(flag, dest=name, metavar=metavar(name, "str"), help=flag_help(name))
+
+
+def _add_leaf_flag(group: argparse._ArgumentGroup, name: str, section: str, f) -> None:
+    group.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_converter(str(f.type)),
+                       default=argparse.SUPPRESS, metavar=metavar(name, str(f.type)),
+                       help=flag_help(name, section))
 
 
 def preset_from_args(args: argparse.Namespace,
@@ -86,6 +102,26 @@ def preset_from_args(args: argparse.Namespace,
         from distributed.cluster import visible_gpus
         gpus = visible_gpus()
     return choose_preset(args.preset, num_gpus, gpus, stored, cluster=bool(address))
+
+
+def check_visible_gpus(cfg: ExperimentConfig) -> None:
+    """A local run (no --address) that asks for more GPUs than this machine shows is refused before Ray starts,
+    saying how many there are (distributed.cluster.visible_gpus: what Ray would detect). A cluster's GPUs are
+    checked once it is joined (distributed.tuner.plan_resources)."""
+    from distributed.cluster import visible_gpus
+    wanted = cfg.resources.num_gpus
+    if cfg.resources.address or not wanted:
+        return
+    have = visible_gpus()
+    if wanted <= have:
+        return
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    seen = f"{have} visible" + ("" if env is None else f" with CUDA_VISIBLE_DEVICES=\"{env}\"")
+    if have == 0:
+        raise ConfigError(f"--num-gpus {wanted:g}: this machine has no GPU ({seen}); run without --num-gpus "
+                          f"to search on the CPU")
+    raise ConfigError(f"--num-gpus {wanted:g}: this machine has only {have} GPU{'s' if have > 1 else ''} "
+                      f"({seen}); pass --num-gpus {have} or less")
 
 
 def config_from_args(args: argparse.Namespace, preset: str) -> ExperimentConfig:

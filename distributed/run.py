@@ -9,6 +9,7 @@ import atexit
 import json
 import os
 import shutil
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -91,12 +92,39 @@ def check_writable(run_dir: Path) -> None:
             raise ConfigError(f"run directory {run_dir} is not writable by this user")
         raise ConfigError(f"--storage-path {run_dir.parent}: cannot make the run directory there ({target} is "
                           f"not writable by this user); choose another --storage-path")
+    if target != run_dir:  # can a folder be made there at all? (/proc, a read-only mount: the OS says why)
+        try:
+            os.rmdir(tempfile.mkdtemp(dir=target, prefix=".tune-probe-"))
+        except OSError as e:
+            what = "cannot make the run directory there" if target == run_dir.parent else "cannot create it"
+            raise ConfigError(f"--storage-path {run_dir.parent}: {what}: {e.strerror}") from None
+
+
+def local_runs(folder: Path) -> list[str]:
+    """The runs in a storage folder (the folders that hold a config.json), the most recently started first."""
+    try:
+        found = [(p.stat().st_mtime, p.parent.name) for p in folder.glob("*/config.json")]
+    except OSError:
+        return []
+    return [name for _, name in sorted(found, reverse=True)]
+
+
+def no_such_run(cfg: ExperimentConfig, runs: list[str], most: int = 10) -> str:
+    """The line for --resume of a run that is not there, naming the runs that are (at most `most` of them)."""
+    where = f"--resume --name {cfg.name}: there is no such run in {cfg.storage_path}"
+    if not runs:
+        return f"{where}; it holds no runs" if storage.path_exists(cfg.storage_path) else \
+            f"{where}; that folder does not exist"
+    more = f" and {len(runs) - most} more" if len(runs) > most else ""
+    return f"{where}; the runs there are: {', '.join(runs[:most])}{more}"
 
 
 def prepare_run(cfg: ExperimentConfig) -> tuple[Path, dict, dict]:
     """Returns (run_dir, shared arrays for the object store, meta for summary.json)."""
     run_dir = storage.local_run_dir(cfg.storage_path, cfg.name)
     store = storage.parse_storage_uri(cfg.storage_path)
+    if cfg.resume and store is None and not run_dir.exists():
+        raise ConfigError(no_such_run(cfg, local_runs(run_dir.parent)))
     check_writable(run_dir)
     low = io.low_disk(run_dir, cfg.resources.min_free_mb)  # it would stop at its first check (distributed.guard)
     if low:
@@ -110,6 +138,8 @@ def prepare_run(cfg: ExperimentConfig) -> tuple[Path, dict, dict]:
     if in_bucket and not cfg.resume:
         raise ConfigError(f"{store.run_uri(cfg.name)} already exists: pass --resume to continue it, "
                           f"or choose another --name")
+    if cfg.resume and not in_bucket and not run_dir.exists():
+        raise ConfigError(no_such_run(cfg, storage.list_dir(store.uri)))
     if not (cfg.resume and in_bucket and not run_dir.exists()):
         return _check_run(cfg, run_dir)
     # A resume on a machine without the driver's working copy: fetch it from the bucket and check it like a

@@ -18,8 +18,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distributed.cli import (ArgumentParser, add_config_flags, config_from_args, fail,  # noqa: E402
-                             preset_from_args)
+from distributed.cli import (ArgumentParser, add_config_flags, check_visible_gpus, config_from_args,  # noqa: E402
+                             fail, preset_from_args)
+from distributed.cli_help import EXAMPLES, HelpFormatter  # noqa: E402
 from distributed.config import EXIT_DISK_FULL, METRIC, ConfigError, SearchStopped, validate  # noqa: E402
 from distributed.interrupt import EXIT_CODE, Interrupt  # noqa: E402
 from distributed.run import prepare_run, start_run_dir  # noqa: E402
@@ -34,10 +35,13 @@ def resume_command(argv: list[str], name: str) -> str:
 
 
 def main(argv=None) -> int:
-    parser = ArgumentParser(prog="tune.py", description=__doc__.split("\n\n")[0])
-    add_config_flags(parser)
-    parser.add_argument("--ray-logs", action="store_true",
-                        help="stream Ray's worker and Train logs (default: only this script's progress lines)")
+    parser = ArgumentParser(prog="tune.py", description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
+                            usage="%(prog)s [--preset PRESET] [--num-gpus N] [--name NAME] [--resume] [...]",
+                            formatter_class=HelpFormatter, add_help=False)
+    groups = add_config_flags(parser)
+    groups["advanced"].add_argument("--ray-logs", action="store_true",
+                                    help="stream Ray's worker and Train logs (default: only this script's "
+                                         "progress lines)")
     args = parser.parse_args(argv)
     joined = []  # with --address and no --preset, what the cluster can scale to chooses the preset
 
@@ -50,8 +54,7 @@ def main(argv=None) -> int:
         preset, why = preset_from_args(args, join_cluster)
         cfg = config_from_args(args, preset)
         validate(cfg)
-        if why:
-            print(f"preset {cfg.preset}: {why}", flush=True)
+        check_visible_gpus(cfg)  # a local run asks for GPUs this machine lacks: said before Ray starts
         run_dir, shared, meta = prepare_run(cfg)
     except ConfigError as e:
         if joined:
@@ -75,6 +78,8 @@ def main(argv=None) -> int:
         ray.shutdown()
         fail(f"tune.py: error: {e}")
 
+    if why:  # only now that every check has passed: a refused run prints its one error line and nothing else
+        print(f"preset {cfg.preset}: {why}", flush=True)
     print(f"run directory: {run_dir}  ({meta['n_train']} training images, {cfg.cv.folds} folds, "
           f"{cfg.search.num_samples} trials x up to {cfg.train.epochs} epochs)", flush=True)
     interrupt = Interrupt(resume_command(sys.argv[1:] if argv is None else argv, cfg.name), lock.release).install()

@@ -71,7 +71,7 @@ CASES = [
     (["--space", "lr,momentum"], "--space momentum: not searchable"),
     (["--bogus-flag", "1"], "unrecognized arguments: --bogus-flag"),
     (["--name", "old"], "already exists: pass --resume"),
-    (["--name", "missing", "--resume"], "--resume: "),
+    (["--name", "missing", "--resume"], "--resume --name missing: there is no such run in "),
     (["--resume"], "--resume needs --name"),
 ]
 
@@ -104,13 +104,103 @@ def test_bad_data(storage, tmp_path, kind, message):
     assert not (storage / "new").exists()
 
 
+# Refused in one exact line, with nothing on stdout (no "preset ..." line before the error), nothing written in
+# the storage folder, and for --num-gpus, before Ray starts: Ray makes RAY_TMPDIR/ray/session_* when it does.
+# {S}: the storage folder (holding the run 'old').
+REFUSALS = [
+    (["--num-gpus", "2"],
+     'tune.py: error: --num-gpus 2: this machine has no GPU (0 visible with CUDA_VISIBLE_DEVICES=""); run without '
+     '--num-gpus to search on the CPU'),
+    (["--preset", "quick", "--num-gpus", "0.5", "--name", "g"],
+     'tune.py: error: --num-gpus 0.5: this machine has no GPU (0 visible with CUDA_VISIBLE_DEVICES=""); run '
+     'without --num-gpus to search on the CPU'),
+    (["--storage-path", "/proc/x"],
+     "tune.py: error: --storage-path /proc/x: cannot create it: No such file or directory"),
+    (["--storage-path", "/proc", "--name", "new"],
+     "tune.py: error: --storage-path /proc: cannot make the run directory there: No such file or directory"),
+    (["--name", "ghost", "--resume"],
+     "tune.py: error: --resume --name ghost: there is no such run in {S}; the runs there are: old"),
+    (["--name", "ghost", "--resume", "--preset", "smoke", "--storage-path", "{S}/old"],
+     "tune.py: error: --resume --name ghost: there is no such run in {S}/old; it holds no runs"),
+    (["--name", "ghost", "--resume", "--storage-path", "{S}/nowhere"],
+     "tune.py: error: --resume --name ghost: there is no such run in {S}/nowhere; that folder does not exist"),
+]
+
+
+@pytest.mark.parametrize("args, message", REFUSALS, ids=[" ".join(c[0]) for c in REFUSALS])
+def test_refusals_word_for_word(storage, args, message):
+    import tempfile
+    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    before = snapshot(storage)
+    argv = [a.replace("{S}", str(storage)) for a in args]
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "tune.py"), "--storage-path", str(storage),
+                          *argv], cwd=ROOT, capture_output=True, text=True, timeout=180,
+                         env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "RAY_TMPDIR": str(ray_tmp)})
+    assert (out.returncode, out.stdout, out.stderr) == (2, "", message.replace("{S}", str(storage)) + "\n")
+    assert snapshot(storage) == before
+    assert sorted(p.name for p in storage.rglob("*")) == ["config.json", "old", "summary.json", "trials.parquet"]
+    assert list(ray_tmp.iterdir()) == []  # Ray never started
+    ray_tmp.rmdir()
+
+
 @pytest.mark.ray
-def test_more_gpus_than_the_cluster_offers(storage):
-    out = run_tune("--preset", "smoke", "--storage-path", str(storage), "--name", "gpu", "--num-gpus", "4")
+def test_a_run_refused_once_ray_runs_prints_only_its_error(storage):
+    """The resources are checked on the started Ray instance (here: more CPUs per trial than there are). The
+    refusal is still the only line: the "preset ..." line comes once every check has passed. Ray's session
+    folder shows Ray did start: what test_refusals_word_for_word's check relies on."""
+    import tempfile
+    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "tune.py"), "--preset", "smoke",
+                          "--storage-path", str(storage), "--name", "cpu", "--cpus-per-worker", "1000"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "RAY_TMPDIR": str(ray_tmp)})
     assert out.returncode == 2, out.stderr
-    lines = [l for l in out.stderr.strip().splitlines() if "error" in l]
-    assert len(lines) == 1 and "--num-gpus 4: the Ray cluster offers 0 GPU(s)" in lines[0], out.stderr
-    assert not (storage / "gpu").exists()
+    errors = [l for l in out.stderr.strip().splitlines() if "error" in l]
+    assert len(errors) == 1 and re.fullmatch(r"tune.py: error: --cpus-per-worker 1000: one trial needs 3000 CPUs, "
+                                             r"the Ray cluster offers \d+", errors[0]), out.stderr
+    assert "preset" not in out.stdout, out.stdout
+    assert not (storage / "cpu").exists()
+    assert [p.name.startswith("session_") for p in (ray_tmp / "ray").iterdir()].count(True) >= 1
+    import shutil
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_resume_of_a_run_the_bucket_lacks_names_the_runs_it_has(s3_server, tmp_path):
+    s3_server.make_bucket("runs25")
+    fs = s3_server.filesystem()
+    for run in ("a", "b"):
+        with fs.open_output_stream(f"runs25/team/{run}/config.json") as f:
+            f.write(b"{}")
+    before = s3_server.objects("runs25")
+    for storage_path, message in (
+            ("s3://runs25/team", "there is no such run in s3://runs25/team; the runs there are: a, b"),
+            ("s3://runs25/other", "there is no such run in s3://runs25/other; that folder does not exist")):
+        out = subprocess.run([sys.executable, str(ROOT / "experiments" / "tune.py"), "--preset", "smoke",
+                              "--storage-path", storage_path, "--name", "ghost", "--resume"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=180, env={**os.environ, **s3_server.env})
+        expected = f"tune.py: error: --resume --name ghost: {message}\n"
+        assert (out.returncode, out.stdout, out.stderr) == (2, "", expected)
+    assert s3_server.objects("runs25") == before and list(tmp_path.iterdir()) == []
+
+
+def test_a_local_run_asks_for_no_more_gpus_than_the_machine_shows(monkeypatch):
+    import distributed.cluster
+    from distributed.cli import check_visible_gpus
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(distributed.cluster, "visible_gpus", lambda: 1)
+    with pytest.raises(ConfigError) as e:
+        check_visible_gpus(override(PRESETS["full"], num_gpus=2))
+    assert str(e.value) == "--num-gpus 2: this machine has only 1 GPU (1 visible); pass --num-gpus 1 or less"
+    monkeypatch.setattr(distributed.cluster, "visible_gpus", lambda: 3)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    with pytest.raises(ConfigError) as e:
+        check_visible_gpus(override(PRESETS["full"], num_gpus=4))
+    assert str(e.value) == ('--num-gpus 4: this machine has only 3 GPUs (3 visible with CUDA_VISIBLE_DEVICES="0,1,2"); '
+                            'pass --num-gpus 3 or less')
+    for ok in (3, 2.5, 0, None):
+        check_visible_gpus(override(PRESETS["full"], num_gpus=ok))
+    monkeypatch.setattr(distributed.cluster, "visible_gpus", lambda: 1 / 0)  # a cluster's GPUs: not this machine's
+    check_visible_gpus(override(PRESETS["full"], num_gpus=16, address="auto", storage_path="/mnt/shared"))
 
 
 # The plain command, no --preset: the preset comes from the GPUs (none seen: CUDA_VISIBLE_DEVICES=""), or on
@@ -138,14 +228,15 @@ def test_bad_flags_without_preset(storage, args, message):
 
 
 def test_help_states_both_defaults(monkeypatch, capsys):
-    monkeypatch.setenv("COLUMNS", "2000")  # one line per flag: argparse would wrap at the hyphens
+    monkeypatch.setenv("COLUMNS", "2000")  # one line per flag
     with pytest.raises(SystemExit) as e:
         load_script("tune").main(["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    assert ("--preset PRESET one of smoke, quick, full; default: full when the search will train on GPUs "
-            "(--num-gpus > 0, or GPUs visible; with --address, GPUs the cluster can scale to), quick on the CPU; "
-            "with --resume, the stored run's") in " ".join(text.split())
+    assert ("--preset {smoke,quick,full} the size of the search: smoke (seconds, for tests), quick (minutes on a "
+            "CPU) or full (for GPUs); default: full when the search will train on GPUs (--num-gpus above 0, GPUs "
+            "visible, or with --address a cluster that can scale to GPUs), else quick; with --resume, the stored "
+            "run's") in " ".join(text.split())
     assert ("--name NAME run name: results go to STORAGE_PATH/NAME (default: PRESET-YYYYmmdd-HHMMSS, a new run "
             "each time)") in " ".join(text.split())
 
@@ -169,7 +260,7 @@ def test_plain_preset_follows_the_visible_gpus(monkeypatch):
     monkeypatch.setattr(distributed.cluster, "visible_gpus", lambda: 0)  # CPU only
     assert preset_from_args(parse(), no_join) == (
         "quick", "no GPU visible, training on the CPU; pass --preset full for the whole search")
-    assert preset_from_args(parse("--num-gpus", "2"), no_join)[0] == "full"  # plan_resources then refuses it
+    assert preset_from_args(parse("--num-gpus", "2"), no_join)[0] == "full"  # check_visible_gpus then refuses it
 
 
 def test_address_without_preset_joins_and_asks_what_the_cluster_can_scale_to(monkeypatch):
