@@ -10,7 +10,7 @@ Python API, and the search returns as if it had finished. So tune.py turns Tune'
   Before Tune's loop runs (while the slots start) there is nothing to save: it exits at once, as below.
 - second SIGINT: the lock is released and the process exits with 130 at once. Ray's processes share the
   driver's fate, and what the run directory holds is what a killed driver leaves, which --resume accepts
-  (the README's fault-tolerance table).
+  (the fault-tolerance table in docs/fault-tolerance.md).
 """
 from __future__ import annotations
 

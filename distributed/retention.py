@@ -3,7 +3,7 @@
 Every trial leaves RUN_DIR/folds/<trial>/: its last KEEP_EPOCHS (distributed.cv) epochs of K fold checkpoints,
 and the OOF predictions of the last one. Nothing reads most of them once the search is over: the report and
 the export read the best trial's final epoch, and a resume only the trials that have not ended. The quick
-preset's 6 trials took 103 MB, so a full search of 40 trials would keep several GB.
+preset (5 trials) keeps its checkpoints in about a hundred MB; a full search of 40 trials would keep several GB.
 
 When every trial of the search has ended (`search_ended`: not after Ctrl-C, and nothing at all if run_search
 raises), `apply` keeps the folds/ directories of

@@ -1,7 +1,8 @@
 """Hyperparameter search with 5-fold cross-validation inside every trial (Ray Tune + Optuna TPE + ASHA).
 
-Each trial is a Ray Train run of K workers, one per fold; ASHA stops weak trials on the fold-mean
-validation accuracy. Results go to results/NAME (summary.json, trials.parquet, epochs.parquet, optuna.db).
+Each trial trains its K folds on a slot: K warm Ray Train workers, one per fold, started once per search
+(distributed.slots); ASHA stops weak trials on the fold-mean validation accuracy. Fold workers that share a
+GPU get a CUDA MPS daemon private to the search (distributed.mps). Results go to results/NAME (summary.json, trials.parquet, epochs.parquet, optuna.db).
 Without --preset the preset follows the hardware: full when the search trains on GPUs, quick on the CPU;
 without --name each run is a new one, PRESET-YYYYmmdd-HHMMSS.
 
@@ -12,6 +13,7 @@ without --name each run is a new one, PRESET-YYYYmmdd-HHMMSS.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import shlex
 import sys
@@ -67,7 +69,16 @@ def main(argv=None) -> int:
     from distributed.storage import check_shared_storage
     from distributed.tuner import init_ray, offered, plan_resources, run_search
 
+    mps_lines = []  # said after the preset line, once every check has passed
     if not ray.is_initialized():  # a fresh local instance unless --address joins a running cluster
+        # fold workers that share a GPU get a CUDA MPS daemon of this search's own; Ray's processes inherit it
+        from distributed.cluster import visible_gpus
+        from distributed.mps import start_for_search
+        r = cfg.resources
+        mps = start_for_search(r.address, r.num_gpus, r.gpus_per_worker, cfg.cv.folds, visible_gpus(),
+                               say=mps_lines.append)
+        if mps is not None:
+            atexit.register(mps.stop)  # registered before ray.init's own exit hook, so it runs after it
         init_ray(cfg.resources.address, log_to_driver=args.ray_logs, configure_logging=args.ray_logs)
     try:
         res = plan_resources(cfg, offered(cfg))  # e.g. --num-gpus beyond what the cluster has (or can scale to)
@@ -80,6 +91,8 @@ def main(argv=None) -> int:
 
     if why:  # only now that every check has passed: a refused run prints its one error line and nothing else
         print(f"preset {cfg.preset}: {why}", flush=True)
+    for line in mps_lines:
+        print(line, flush=True)
     print(f"run directory: {run_dir}  ({meta['n_train']} training images, {cfg.cv.folds} folds, "
           f"{cfg.search.num_samples} trials x up to {cfg.train.epochs} epochs)", flush=True)
     interrupt = Interrupt(resume_command(sys.argv[1:] if argv is None else argv, cfg.name), lock.release).install()
