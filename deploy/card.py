@@ -10,6 +10,38 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.2f} MB"
 
 
+def latency_lines(meta: dict) -> list[str]:
+    """The card's Latency section: each model's figures per runtime, and what and how they were measured."""
+    setup = meta["latency_setup"]
+    cpus = setup["logical_cpus"]
+    lines = ["", "## Latency", "",
+             "| model | runtime | ms/image, batch 1 | batch 256 | timed calls, batch 1 / 256 | load average |",
+             "|---|---|---|---|---|---|"]
+    threads = setup["torch_threads"]
+    busy = []
+    for name, e in meta["models"].items():
+        load = e["latency_load_average"]
+        # the export's own threads were busy just before (parity), so they count in the load: others' share is the rest
+        if load is not None and load - threads >= max(1, cpus / 2):
+            busy.append(f"`{name}` {load:.1f}")
+        for rt, ms in (("onnxruntime", e["latency_ms"]), ("TorchScript", e["latency_ms_torchscript"])):
+            calls = e["latency_calls"][rt.lower()]
+            lines.append(f"| `{name}` | {rt} | {ms['batch_1']:.2f} | {ms['batch_256']:.3f} | "
+                         f"{calls['batch_1']} / {calls['batch_256']} | {'n/a' if load is None else f'{load:.2f}'} |")
+    lines += ["", f"Measured at export on the CPU: {setup['cpu']}, {cpus} logical CPU{'s' * (cpus != 1)}; TorchScript "
+              f"with torch {setup['torch']} on {setup['torch_threads']} thread{'s' * (setup['torch_threads'] != 1)}, "
+              f"onnxruntime {setup['onnxruntime']} ({setup['onnxruntime_provider']}) on "
+              f"{setup['onnxruntime_threads']} intra-op thread{'s' * (setup['onnxruntime_threads'] != 1)}. Each "
+              f"figure is the median over single calls of the call's time divided by the batch size: at least "
+              f"{setup['min_calls']} calls and {setup['min_seconds']:g} s of them, after {setup['warmup_calls']} "
+              f"untimed warm-up calls; the load average is the 1-minute one as the model's measurement began."]
+    if busy:
+        lines += ["", f"The CPU was busy: load average {', '.join(busy)} on {cpus} logical CPUs, of which this "
+                  f"export's {threads} thread{'s' * (threads != 1)} account for at most {threads}. Other processes "
+                  f"took CPU time during the measurement, so expect lower figures on an idle machine."]
+    return lines
+
+
 def render(meta: dict) -> str:
     m, cv, data = meta["models"], meta["cv"], meta["data"]
     ens = m["ensemble"]
@@ -24,7 +56,8 @@ def render(meta: dict) -> str:
         "",
         f"Classifies 28x28 grey images into the 10 Fashion-MNIST classes: {', '.join(meta['classes'])}.",
         "",
-        f"- Input `{meta['input']['name']}`: uint8, shape (N, 28, 28), 0-255. {meta['input']['meaning'][0].upper()}{meta['input']['meaning'][1:]}.",
+        f"- Input `{meta['input']['name']}`: uint8, shape (N, 28, 28), 0-255. "
+        f"{meta['input']['meaning'][0].upper()}{meta['input']['meaning'][1:]}.",
         f"- Output `{meta['output']['name']}`: float32, shape (N, 10): {meta['output']['meaning']}.",
         "- Use it: `python experiments/predict.py MODEL_DIR image.png ...` (onnxruntime), or load "
         "`ensemble.onnx` in any ONNX runtime, or `torch.jit.load('ensemble.torchscript.pt')`.",
@@ -39,10 +72,8 @@ def render(meta: dict) -> str:
         lines.append(f"| `{name}` | {e['kind']}{', flip TTA' if e['tta_flip'] else ''} | {e['params']:,} | "
                      f"{_mb(sizes[e['onnx']])} | {_mb(sizes[e['torchscript']])} | {_pct(e['test_acc'])} | "
                      f"{e['latency_ms']['batch_1']:.2f} | {e['latency_ms']['batch_256']:.3f} |")
-    lines += ["", f"Latency: onnxruntime on this machine's CPU ({ens['latency_threads']} threads), the median of 5 "
-              f"timed passes, measured at export. TorchScript: "
-              + "; ".join(f"`{n}` {e['latency_ms_torchscript']['batch_1']:.2f} / "
-                          f"{e['latency_ms_torchscript']['batch_256']:.3f} ms" for n, e in m.items()) + "."]
+    lines += ["", "CPU milliseconds per image with onnxruntime (what `predict.py` runs); both runtimes, and what "
+              "they were measured on, under Latency below."]
     if "single" in m:
         s = m["single"]
         d = s["test_acc"] - ens["test_acc"]
@@ -51,6 +82,7 @@ def render(meta: dict) -> str:
                   f"accuracy is {abs(100 * d):.2f} points {'above' if d >= 0 else 'below'} the ensemble's. "
                   f"Refit: {s['refit']['epochs']} epochs on {s['refit']['images']} images, "
                   f"{s['refit']['seconds']:.0f} s on {s['refit']['device']}."]
+    lines += latency_lines(meta)
     lines += [
         "",
         "## How well it works",

@@ -3,6 +3,10 @@
     plan(run_dir, trial, out)   everything export.py needs, checked before any work (ConfigError: exit 2)
     export(plan, refit, log)    build, save, check parity, measure, write model.json and MODEL_CARD.md
 
+Latency is measured on the CPU, TorchScript and onnxruntime on torch's thread count: per image, the median
+over single calls (latency_ms); model.json's "latency_setup" and each model's "latency_calls" and
+"latency_load_average" say on what and how, and the card repeats it.
+
 The ensemble is deploy.ensemble.Exported over the trial's fold checkpoints. Its reference is the report's
 own inference path (each fold model through distributed.train.predict, then the mean), so the exported
 model's test accuracy is the report's ensemble test accuracy. Parity is checked on the 10,000 test images
@@ -13,6 +17,7 @@ are staged in a hidden directory that becomes RUN_DIR/model only at the end (dep
 """
 from __future__ import annotations
 
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -22,10 +27,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from analysis import evaluate, metrics, pareto, tables
-from analysis.tables import Run
+from analysis import evaluate, metrics, pareto, run_tables
+from analysis.run_tables import Run
 from distributed.config import CLASS_NAMES, ConfigError
-from distributed.cv import load_checkpoint
+from distributed.checkpoints import fold_file, load_checkpoint
 from distributed.model import num_params
 
 from deploy import bundle, card, ensemble
@@ -34,6 +39,9 @@ Log = Callable[[str], None]
 MAX_ABS_DIFF = 1e-4
 MIN_ARGMAX_AGREEMENT = 0.9999
 LATENCY_BATCHES = (1, 256)
+LATENCY_WARMUP_CALLS = 3  # untimed calls before each latency figure
+LATENCY_MIN_CALLS = 5     # each figure: the median of at least this many timed calls...
+LATENCY_MIN_S = 1.0       # ...and of at least this many seconds of them
 
 
 class ParityError(Exception):
@@ -56,7 +64,7 @@ class Plan:
 
 def plan(run_dir, trial_id: str | None = None, out=None) -> Plan:
     """Check the run, the trial and its fold checkpoints; ConfigError (one line) on anything wrong."""
-    run = tables.load_run(run_dir)
+    run = run_tables.load_run(run_dir)
     trial_id = trial_id or run.best_trial_id
     by_id = run.trials.set_index("trial_id")
     if trial_id not in by_id.index:
@@ -67,7 +75,7 @@ def plan(run_dir, trial_id: str | None = None, out=None) -> Plan:
     if not isinstance(ckpt, str) or not ckpt or not (run.run_dir / ckpt).is_dir():
         raise ConfigError(f"--trial {trial_id}: has no checkpoints in {run.run_dir}/folds/{trial_id} "
                           f"(status {row['status']}, {int(row['epochs_run'])} epoch(s)): nothing to export")
-    files = [run.run_dir / ckpt / f"fold_{k}.pt" for k in range(run.folds)]
+    files = [run.run_dir / ckpt / fold_file(k) for k in range(run.folds)]
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise ConfigError(f"--trial {trial_id}: fold checkpoint {missing[0]} is missing; the export needs all "
@@ -96,8 +104,11 @@ def _torch_probs(module, x_u8: np.ndarray, batch: int = 1024) -> np.ndarray:
 
 
 def _onnx_session(path: Path):
+    """A CPU session with torch's thread count, so that both runtimes' latencies are measured on the same threads."""
     import onnxruntime as ort
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _onnx_probs(session, x_u8: np.ndarray, batch: int = 1024) -> np.ndarray:
@@ -122,21 +133,46 @@ def parity(reference: np.ndarray, candidates: dict[str, np.ndarray]) -> dict:
 
 
 def latency_ms(run_batch: Callable[[np.ndarray], object], x_u8: np.ndarray, batch: int,
-               min_s: float = 1.0, repeats: int = 5) -> float:
-    """CPU milliseconds per image at this batch size: the median of `repeats` timed passes of >= min_s/repeats."""
+               min_s: float = LATENCY_MIN_S, min_calls: int = LATENCY_MIN_CALLS,
+               warmup: int = LATENCY_WARMUP_CALLS) -> tuple[float, int]:
+    """(milliseconds per image at this batch size, timed calls): each call timed alone, one call's time over the
+    batch size, the median of at least `min_calls` calls and `min_s` seconds of them, after `warmup` untimed calls
+    (the first calls allocate, and TorchScript's profiling executor optimises). The median of single calls, not
+    the mean of a pass: on a shared CPU some calls stall for a scheduler slice or more, and a mean reports the
+    stalls (seen on the 2-core box: 111 ms/image at batch 1 by the mean of 5 passes, 4 ms by this median, for
+    a TorchScript ensemble that takes 1.7 ms on an idle CPU)."""
     xb = x_u8[:batch]
-    for _ in range(3):  # warm-up: the first calls allocate, and TorchScript's profiling executor optimises
+    for _ in range(warmup):
         run_batch(xb)
-    times = []
-    for _ in range(repeats):
-        n, t0 = 0, time.perf_counter()
-        while True:
-            run_batch(xb)
-            n += 1
-            if time.perf_counter() - t0 >= min_s / repeats:
-                break
-        times.append((time.perf_counter() - t0) / n / batch * 1e3)
-    return float(np.median(times))
+    times, t0 = [], time.perf_counter()
+    while len(times) < min_calls or time.perf_counter() - t0 < min_s:
+        t = time.perf_counter()
+        run_batch(xb)
+        times.append((time.perf_counter() - t) / batch * 1e3)
+    return float(np.median(times)), len(times)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def latency_setup() -> dict:
+    """What the latency figures were measured on and how (model.json's "latency_setup", for the card)."""
+    import onnxruntime
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"device": "CPU", "cpu": cpu_name(), "logical_cpus": cpus, "torch_threads": torch.get_num_threads(),
+            "onnxruntime_threads": torch.get_num_threads(), "onnxruntime_provider": "CPUExecutionProvider",
+            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "batches": list(LATENCY_BATCHES),
+            "warmup_calls": LATENCY_WARMUP_CALLS, "min_calls": LATENCY_MIN_CALLS, "min_seconds": LATENCY_MIN_S,
+            "statistic": "median over single calls of the call's time / batch size"}
 
 
 def check_model(stage: bundle.Staging, name: str, module, reference: np.ndarray, x_test: np.ndarray,
@@ -159,17 +195,20 @@ def check_model(stage: bundle.Staging, name: str, module, reference: np.ndarray,
         with torch.inference_mode():
             return scripted(torch.from_numpy(xb))
 
-    latency = {f"batch_{b}": latency_ms(ort_run, x_test, b) for b in LATENCY_BATCHES}
-    latency_ts = {f"batch_{b}": latency_ms(ts_run, x_test, b) for b in LATENCY_BATCHES}
-    log(f"{name}: CPU latency per image: onnxruntime {latency['batch_1']:.2f} ms at batch 1, "
-        f"{latency['batch_256']:.3f} ms at batch 256; torchscript {latency_ts['batch_1']:.2f} / "
-        f"{latency_ts['batch_256']:.3f} ms")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other work on the CPU slows these
+    timed = {rt: {f"batch_{b}": latency_ms(run, x_test, b) for b in LATENCY_BATCHES}
+             for rt, run in (("onnxruntime", ort_run), ("torchscript", ts_run))}
+    latency, latency_ts = ({k: ms for k, (ms, _) in timed[rt].items()} for rt in ("onnxruntime", "torchscript"))
+    log(f"{name}: CPU latency per image (median of single calls, {torch.get_num_threads()} threads): onnxruntime "
+        f"{latency['batch_1']:.2f} ms at batch 1, {latency['batch_256']:.3f} ms at batch 256; torchscript "
+        f"{latency_ts['batch_1']:.2f} / {latency_ts['batch_256']:.3f} ms")
     scores = metrics.summarize(y_test, onnx_probs.argmax(1))  # the report's definitions
     per_class = scores["per_class"]
     return {"parity": checks, "test_acc": scores["acc"], "test_macro_f1": scores["macro_f1"],
             "per_class_f1": dict(zip(per_class["class"], per_class["f1"].astype(float))),
             "latency_ms": latency, "latency_ms_torchscript": latency_ts,
-            "latency_threads": torch.get_num_threads()}
+            "latency_calls": {rt: {k: n for k, (_, n) in t.items()} for rt, t in timed.items()},
+            "latency_threads": torch.get_num_threads(), "latency_load_average": load}
 
 
 def report_test_acc(run: Run, trial_id: str) -> tuple[float | None, list[str]]:
@@ -268,5 +307,6 @@ def _meta(p: Plan, entries: dict, train_cfg, ref_acc: float, report_acc: float |
                  "split_fingerprint": s["split_fingerprint"], "source": str(p.data.dataset.source)},
         "versions": {"trained_with": s.get("versions") or {}, "exported_with": _versions()},
         "parity_limits": {"max_abs_diff": MAX_ABS_DIFF, "min_argmax_agreement": MIN_ARGMAX_AGREEMENT},
+        "latency_setup": latency_setup(),
         "models": entries,
     }

@@ -1,7 +1,8 @@
 """What predict.py classifies: image files, directories of them, IDX files and .npy arrays, as uint8 28x28.
 
 The exported model expects what Fashion-MNIST is made of, so every input is turned into that first, and all
-of it is decoded and checked before any image is classified (a bad file is refused in one line naming it).
+of it is decoded and checked before any image is classified: bad files are refused in one line that names
+them (up to MAX_LISTED of them, and the count of the rest), each with its reason.
 
     PNG / JPEG (any file Pillow reads)   one image, converted by the rule below
     a directory                          its .png/.jpg/.jpeg files, sorted by name (not its subdirectories)
@@ -39,6 +40,7 @@ SIZE = 28
 TRIM_TOLERANCE = 0.05 * 255  # a pixel this close to the corner colour counts as border
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # what a directory is searched for
 IDX_NAME = re.compile(r"-idx\d-ubyte(\.gz)?$")
+MAX_LISTED = 3  # bad files named in the one-line refusal; the others are counted
 
 Progress = Callable[[int, int], None]  # (done, total)
 
@@ -145,22 +147,47 @@ def expand(paths: list[str]) -> tuple[list[Path], list[str]]:
     return files, notes
 
 
+def read_file(path: Path, invert: bool = False) -> tuple[list[str], np.ndarray]:
+    """One file's image names and (n, 28, 28) uint8 images, by its name: .npy, IDX, else an image."""
+    if not os.access(path, os.R_OK):  # a file of a directory (the paths given are checked in expand)
+        raise InputError(f"{path}: not readable (permission denied)")
+    if path.is_file() and path.stat().st_size == 0:  # else Pillow or numpy call it corrupt
+        raise InputError(f"{path}: empty file (0 bytes)")
+    if path.suffix.lower() == ".npy":
+        a = read_array(path)
+        return ([str(path)] if a.ndim == 2 else [f"{path}[{i}]" for i in range(len(a))]), a.reshape(-1, SIZE, SIZE)
+    if IDX_NAME.search(path.name):
+        a = read_idx_images(path)
+        return [f"{path}[{i}]" for i in range(len(a))], a
+    return [str(path)], read_image(path, invert)[None]
+
+
+def refusal(failures: list[str], total: int) -> str:
+    """One line for the files that failed ("PATH: reason" each): the one message, or the first MAX_LISTED
+    of them and the count of the others."""
+    if len(failures) == 1:
+        return failures[0]
+    listed = "; ".join(failures[:MAX_LISTED])
+    more = len(failures) - MAX_LISTED
+    return (f"{len(failures)} of {total} input files cannot be used (fix or remove them): {listed}"
+            + (f"; and {more} more" if more > 0 else ""))
+
+
 def load(paths: list[str], invert: bool = False, progress: Progress | None = None) -> Inputs:
-    """Every input decoded and checked, in the order given; progress(done, total) after each file."""
+    """Every input decoded and checked, in the order given; progress(done, total) after each file. Every file
+    is tried, so that one InputError names all the bad ones."""
     files, notes = expand(paths)
-    names, arrays = [], []
+    names, arrays, failures = [], [], []
     for done, path in enumerate(files, 1):
-        if path.suffix.lower() == ".npy":
-            a = read_array(path)
-            names += [str(path)] if a.ndim == 2 else [f"{path}[{i}]" for i in range(len(a))]
-            a = a.reshape(-1, SIZE, SIZE)
-        elif IDX_NAME.search(path.name):
-            a = read_idx_images(path)
-            names += [f"{path}[{i}]" for i in range(len(a))]
+        try:
+            file_names, a = read_file(path, invert)
+        except InputError as e:
+            failures.append(str(e))
         else:
-            a = read_image(path, invert)[None]
-            names.append(str(path))
-        arrays.append(a)
+            names += file_names
+            arrays.append(a)
         if progress:
             progress(done, len(files))
+    if failures:
+        raise InputError(refusal(failures, len(files)))
     return Inputs(names, np.concatenate(arrays), notes)

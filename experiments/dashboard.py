@@ -7,7 +7,8 @@
 It listens on 127.0.0.1 (only this machine; from elsewhere, forward the port: ssh -L 8080:127.0.0.1:8080
 HOST) and serves until Ctrl-C. The study is opened read-only (SQLite's mode=ro), so the file is never
 written, even while a search is still adding trials to it (the dashboard shows those as they come); the
-dashboard's own edits (notes, renames, deleting a study) are refused. Needs the extra:
+dashboard's own edits (notes, renames, deleting a study) are refused with HTTP 403 and a reason the page shows
+(READ_ONLY). Needs the extra:
 pip install -e '.[dashboard]' (make dashboard installs it).
 
 Exit codes: 0 or 130 stopped with Ctrl-C; 2 bad input (one line on stderr, before anything is served).
@@ -15,6 +16,7 @@ Exit codes: 0 or 130 stopped with Ctrl-C; 2 bad input (one line on stderr, befor
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sqlite3
@@ -26,7 +28,34 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from distributed.cli import ArgumentParser, fail  # noqa: E402
-from distributed.config import ConfigError  # noqa: E402
+from distributed.config import EXIT_INTERRUPTED, EXIT_OK, ConfigError  # noqa: E402
+
+
+READ_ONLY = ("this study is served read-only: edits are refused (start optuna-dashboard yourself on a copy of "
+             "{db} to edit)")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")  # optuna-dashboard changes the study only by POST, PUT and DELETE
+
+
+def read_only(app, db: Path):
+    """The dashboard's WSGI app with every other method refused before it runs: 403 and {"reason": READ_ONLY},
+    which the page shows as "Failed: ...". Without this, the app tries the write and the read-only SQLite
+    connection fails it with a bare 500 "internal server error" and a traceback on stderr, or, for a note, a
+    409 "The text you are editing has changed": neither says why."""
+    body = json.dumps({"reason": READ_ONLY.format(db=db)}).encode()
+
+    def wrapped(environ, start_response):
+        if environ.get("REQUEST_METHOD", "GET") in SAFE_METHODS:
+            return app(environ, start_response)
+        length = environ.get("CONTENT_LENGTH") or ""
+        left = int(length) if length.isdigit() else 0
+        while left > 0:  # read the request body first: a client still sending would get a reset, not this answer
+            chunk = environ["wsgi.input"].read(min(left, 1 << 16))
+            if not chunk:
+                break
+            left -= len(chunk)
+        start_response("403 Forbidden", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+    return wrapped
 
 
 class _Server(ThreadingMixIn, WSGIServer):
@@ -87,7 +116,8 @@ def main(argv=None) -> int:
         storage, path = open_study(Path(args.run_dir))
         import optuna_dashboard
         try:
-            server = make_server(args.host, args.port, optuna_dashboard.wsgi(storage),
+            app = read_only(optuna_dashboard.wsgi(storage), Path(args.run_dir) / "optuna.db")
+            server = make_server(args.host, args.port, app,
                                  server_class=_Server, handler_class=_QuietHandler)
         except OSError as e:  # the port in use, a privileged port, an address not of this machine
             raise ConfigError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
@@ -100,15 +130,15 @@ def main(argv=None) -> int:
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     finally:
         server.server_close()
         storage.engine.dispose()
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":
     try:
         sys.exit(main())
     except KeyboardInterrupt:  # Ctrl-C while it starts (importing optuna takes seconds): no traceback
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)

@@ -20,6 +20,7 @@ import contextlib
 import csv
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from deploy import inputs, runtime  # noqa: E402
 from deploy.bundle import BundleError  # noqa: E402
 from distributed.cli import ArgumentParser, fail  # noqa: E402
-from distributed.config import NUM_CLASSES  # noqa: E402
+from distributed.config import EXIT_FAILURE, EXIT_OK, NUM_CLASSES  # noqa: E402
 
 FORMATS = ("table", "csv", "jsonl")
 
@@ -99,6 +100,22 @@ def check_out(out: str | None) -> None:
         raise inputs.InputError(f"--out {out}: directory {path.parent} does not exist")
 
 
+def check_model_dir(model_dir: str) -> None:
+    """A run directory (summary.json, folds/) where a model directory was expected: say how to get its model."""
+    path = Path(model_dir)
+    if not path.is_dir() or (path / "model.json").exists():
+        return
+    if not ((path / "summary.json").is_file() or (path / "folds").is_dir()):
+        return  # read_meta's own refusal: no model.json
+    model = path / "model"
+    if (model / "model.json").is_file():
+        raise inputs.InputError(f"{path}: a run directory, not a model directory; its exported model is in "
+                                f"{shlex.quote(str(model))}: pass that")
+    raise inputs.InputError(f"{path}: a run directory, not a model directory; export its model first with "
+                            f"python experiments/export.py {shlex.quote(str(path))} (it writes {model}), "
+                            f"then pass {shlex.quote(str(model))}")
+
+
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="predict.py", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,6 +137,7 @@ def main(argv=None) -> int:
 
     try:  # all bad input is found here: the model directory, then every input decoded
         check_out(args.out)
+        check_model_dir(args.model_dir)
         model = runtime.open_model(Path(args.model_dir), args.model, args.backend)
         data = inputs.load(args.inputs, invert=args.invert, progress=Progress("decoding", "files"))
     except (BundleError, inputs.InputError) as e:
@@ -140,7 +158,7 @@ def main(argv=None) -> int:
             write_csv(results, out)
         else:
             write_jsonl(results, out)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":
@@ -148,4 +166,4 @@ if __name__ == "__main__":
         sys.exit(main())
     except BrokenPipeError:  # `predict.py ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
-        sys.exit(1)
+        sys.exit(EXIT_FAILURE)

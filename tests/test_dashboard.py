@@ -2,7 +2,8 @@
 
 On a real smoke search's study (the session's smoke_run), served on a loopback port: the dashboard's HTTP
 API lists every trial with the state and intermediate values Optuna's own API reads from the same file, its
-study pages render those in headless Chromium, its write endpoints are refused, and optuna.db stays
+study pages render those in headless Chromium, its write endpoints are refused with a reason that says the
+study is served read-only, and optuna.db stays
 byte-for-byte as it was. The bad-input paths (exit code 2, one line on stderr) and Ctrl-C need no Ray."""
 from __future__ import annotations
 
@@ -159,6 +160,52 @@ def test_real_entry_point_bad_input_has_no_traceback(tmp_path):
                                        f"directory written by experiments/tune.py (results/NAME)"]
 
 
+def read_only_reason(run_dir: Path) -> str:
+    return (f"this study is served read-only: edits are refused (start optuna-dashboard yourself on a copy of "
+            f"{run_dir / 'optuna.db'} to edit)")
+
+
+# what the dashboard's page sends for a note edit, a rename, a deletion, a trial's user attribute, a new study
+EDITS = [("PUT", "/api/studies/1/note", {"version": 1, "body": "a note"}),
+         ("PUT", "/api/studies/1/1/note", {"version": 1, "body": "a trial note"}),
+         ("POST", "/api/studies/1/rename", {"study_name": "renamed"}),
+         ("DELETE", "/api/studies/1", None),
+         ("POST", "/api/trials/1/user-attrs", {"user_attrs": {"k": "v"}}),
+         ("POST", "/api/studies", {"study_name": "new", "directions": ["maximize"]})]
+
+
+def call(app, method: str, path: str, body=None) -> tuple[str, bytes]:
+    """One request through a WSGI app, in this process: (status line, body)."""
+    import io
+    from wsgiref.util import setup_testing_defaults
+    raw = b"" if body is None else json.dumps(body).encode()
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "CONTENT_TYPE": "application/json",
+               "CONTENT_LENGTH": str(len(raw)), "wsgi.input": io.BytesIO(raw)}
+    setup_testing_defaults(environ)
+    status = []
+    out = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
+    return status[0], out
+
+
+@pytest.mark.parametrize("method, path, body", EDITS, ids=[f"{m} {p}" for m, p, _ in EDITS])
+def test_edits_are_refused_saying_the_study_is_read_only(toy_run, capfd, method, path, body):
+    import optuna_dashboard
+    dashboard = load_script("dashboard")
+    before = sha256(toy_run / "optuna.db")
+    storage, _ = dashboard.open_study(toy_run)
+    app = dashboard.read_only(optuna_dashboard.wsgi(storage), toy_run / "optuna.db")
+    try:
+        status, out = call(app, method, path, body)
+        assert status == "403 Forbidden"
+        assert json.loads(out) == {"reason": read_only_reason(toy_run)}  # the page shows it as "Failed: ..."
+        status, out = call(app, "GET", "/api/studies/1")  # reading still works
+        assert status == "200 OK" and json.loads(out)["name"] == "toy"
+    finally:
+        storage.engine.dispose()
+    assert capfd.readouterr().err == ""  # the app never ran the edit: no traceback
+    assert sha256(toy_run / "optuna.db") == before
+
+
 def test_url_line_serves_and_ctrl_c_stops_cleanly(toy_run):
     before = sha256(toy_run / "optuna.db")
     proc, line = start(toy_run)
@@ -170,6 +217,11 @@ def test_url_line_serves_and_ctrl_c_stops_cleanly(toy_run):
         assert [s["study_name"] for s in get_json(f"{base}/api/studies")["study_summaries"]] == ["toy"]
         with urllib.request.urlopen(m.group(1), timeout=60) as r:
             assert r.status == 200 and b"<html" in r.read().lower()
+        note = urllib.request.Request(f"{base}/api/studies/1/note", method="PUT", data=b'{"version": 1, "body": "x"}',
+                                      headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as e:  # a note edit from the page, over HTTP
+            urllib.request.urlopen(note, timeout=60)
+        assert e.value.code == 403 and json.load(e.value) == {"reason": read_only_reason(toy_run)}
     finally:
         code = stop(proc)
     assert code == 130
@@ -239,9 +291,9 @@ def test_writes_are_refused_and_optuna_db_is_untouched(served):
     run_dir, study, base, _, before = served
     sid = study._study_id
     delete = urllib.request.Request(f"{base}/api/studies/{sid}", method="DELETE")
-    with pytest.raises(urllib.error.HTTPError) as e:  # the database is opened read-only
+    with pytest.raises(urllib.error.HTTPError) as e:  # refused before the app runs (and the database is read-only)
         urllib.request.urlopen(delete, timeout=60)
-    assert e.value.code == 500
+    assert e.value.code == 403 and json.load(e.value) == {"reason": read_only_reason(run_dir)}
     assert [s["study_name"] for s in get_json(f"{base}/api/studies")["study_summaries"]] == ["smoke"]
     assert sha256(run_dir / "optuna.db") == before
     assert len(optuna.load_study(study_name="smoke", storage=f"sqlite:///{run_dir / 'optuna.db'}").trials) == 4

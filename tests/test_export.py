@@ -124,6 +124,15 @@ def test_model_card_states_the_figures(exported):
     assert "dark background" in card and "Real photos differ" in card
     for c in meta["classes"]:
         assert f"| {c} | {ens['per_class_f1'][c]:.3f} | {single['per_class_f1'][c]:.3f} |" in card
+    from deploy.card import latency_lines
+    assert "\n".join(latency_lines(meta)) in card  # the Latency section, from model.json's figures
+    setup = meta["latency_setup"]
+    assert setup["cpu"] == export.cpu_name() and setup["torch_threads"] == torch.get_num_threads()
+    for m in (ens, single):
+        assert m["latency_calls"]["onnxruntime"]["batch_1"] >= 5 and m["latency_calls"]["torchscript"]["batch_256"] >= 5
+        # the median of single calls: on this 2-core box a TorchScript call at batch 1 costs ~2 ms, not hundreds
+        assert 0 < m["latency_ms_torchscript"]["batch_1"] < 50
+    assert f"Measured at export on the CPU: {setup['cpu']}, {setup['logical_cpus']} logical CPU" in card
 
 
 def test_a_failed_parity_check_writes_nothing(exported, run_copy, monkeypatch, capsys):
@@ -201,21 +210,84 @@ def test_parity_figures_on_known_arrays():
         export.parity(ref, {"a": close, "b": flipped})
 
 
-def test_latency_is_per_image():
-    import time
-    calls = []
+class FakeClock:
+    """time.perf_counter for export.latency_ms: each call of run() takes the next of `seconds`."""
 
-    def run(xb):
-        calls.append(len(xb))
-        time.sleep(0.002)
+    def __init__(self, seconds):
+        self.now, self.seconds, self.batches = 0.0, iter(seconds), []
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def run(self, xb) -> None:
+        self.batches.append(len(xb))
+        self.now += next(self.seconds)
+
+
+def test_latency_is_the_median_per_image_of_single_calls_after_warm_up(monkeypatch):
     x = np.zeros((256, 28, 28), np.uint8)
-    ms = export.latency_ms(run, x, 100, min_s=0.05, repeats=3)
-    assert set(calls) == {100} and len(calls) >= 3 + 3
-    assert 0.02 <= ms < 0.2  # ~2 ms per call of 100 images: ~0.02 ms per image, plus overhead
+    # 3 slow warm-up calls (not timed), then 2 ms calls of which some stall for 100 ms (a busy CPU)
+    clock = FakeClock([0.5, 0.5, 0.5] + [0.002, 0.1, 0.002, 0.002, 0.1] + [0.002] * 100)
+    monkeypatch.setattr(export, "time", clock)
+    ms, calls = export.latency_ms(clock.run, x, 100, min_s=0.05, min_calls=5)
+    assert calls == 5 and set(clock.batches) == {100} and len(clock.batches) == 3 + 5  # 0.206 s >= 0.05 s
+    assert ms == pytest.approx(0.02)  # 2 ms / 100 images; the mean would say 0.412
+    clock = FakeClock([0.0] * 3 + [1 / 64] * 100)  # binary-exact seconds: 7 calls make the first >= 0.1 s
+    monkeypatch.setattr(export, "time", clock)
+    ms, calls = export.latency_ms(clock.run, x, 1, min_s=0.1, min_calls=5)
+    assert calls == 7 and ms == pytest.approx(1000 / 64)
+
+
+def test_latency_setup_names_the_cpu_and_threads():
+    import os
+
+    import onnxruntime
+    setup = export.latency_setup()
+    with open("/proc/cpuinfo") as f:
+        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    assert setup["cpu"] == names[0]
+    assert setup["logical_cpus"] == len(os.sched_getaffinity(0))
+    assert setup["torch_threads"] == setup["onnxruntime_threads"] == torch.get_num_threads()
+    assert (setup["torch"], setup["onnxruntime"]) == (torch.__version__, onnxruntime.__version__)
+    assert (setup["warmup_calls"], setup["min_calls"], setup["min_seconds"]) == (3, 5, 1.0)
+
+
+def card_meta(load: float | None) -> dict:
+    setup = {"device": "CPU", "cpu": "AMD EPYC 7R13", "logical_cpus": 2, "torch_threads": 2, "onnxruntime_threads": 2,
+             "onnxruntime_provider": "CPUExecutionProvider", "torch": "2.14.1", "onnxruntime": "1.32.0",
+             "batches": [1, 256], "warmup_calls": 3, "min_calls": 5, "min_seconds": 1.0}
+    entry = {"latency_ms": {"batch_1": 1.234, "batch_256": 0.4567}, "latency_ms_torchscript": {
+        "batch_1": 1.71, "batch_256": 0.8101}, "latency_calls": {"onnxruntime": {"batch_1": 801, "batch_256": 9},
+                                                                 "torchscript": {"batch_1": 577, "batch_256": 5}},
+        "latency_load_average": load}
+    return {"latency_setup": setup, "models": {"ensemble": entry}}
+
+
+def test_card_says_what_latency_was_measured_on():
+    from deploy import card
+    assert card.latency_lines(card_meta(0.42)) == [
+        "", "## Latency", "",
+        "| model | runtime | ms/image, batch 1 | batch 256 | timed calls, batch 1 / 256 | load average |",
+        "|---|---|---|---|---|---|",
+        "| `ensemble` | onnxruntime | 1.23 | 0.457 | 801 / 9 | 0.42 |",
+        "| `ensemble` | TorchScript | 1.71 | 0.810 | 577 / 5 | 0.42 |",
+        "",
+        "Measured at export on the CPU: AMD EPYC 7R13, 2 logical CPUs; TorchScript with torch 2.14.1 on 2 threads, "
+        "onnxruntime 1.32.0 (CPUExecutionProvider) on 2 intra-op threads. Each figure is the median over single "
+        "calls of the call's time divided by the batch size: at least 5 calls and 1 s of them, after 3 untimed "
+        "warm-up calls; the load average is the 1-minute one as the model's measurement began."]
+    assert card.latency_lines(card_meta(2.99))[-1].startswith("Measured at export")  # 2 threads its own: not busy
+    busy = card.latency_lines(card_meta(3.0))
+    assert busy[-2:] == ["", "The CPU was busy: load average `ensemble` 3.0 on 2 logical CPUs, of which this export's "
+                             "2 threads account for at most 2. Other processes took CPU time during the measurement, "
+                             "so expect lower figures on an idle machine."]
+    assert card.latency_lines(card_meta(None))[5:7] == [  # no load average where the OS gives none
+        "| `ensemble` | onnxruntime | 1.23 | 0.457 | 801 / 9 | n/a |",
+        "| `ensemble` | TorchScript | 1.71 | 0.810 | 577 / 5 | n/a |"]
 
 
 def test_checkpoint_loader_accepts_plain_state(tmp_path):
-    from distributed.cv import load_checkpoint
+    from distributed.checkpoints import load_checkpoint
     buf = io.BytesIO()
     torch.save({"model": {"w": torch.ones(2)}, "history": [{"epoch": 1, "val_acc": 0.5, "node_id": "x"}]}, buf)
     state = load_checkpoint(io.BytesIO(buf.getvalue()), "mem")

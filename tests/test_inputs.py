@@ -113,3 +113,40 @@ def test_load_names_and_arrays_of_every_kind(fmnist, tmp_path):
     np.testing.assert_array_equal(got.images, np.concatenate([x[:6], x[:2], x[:2]]))
     assert got.images.dtype == np.uint8 and got.images.flags.writeable
     assert got.notes == [f"{photos}: 3 images found"]
+
+
+def test_an_empty_file_is_called_empty_whatever_its_kind(tmp_path):
+    for name in ("e.png", "e.jpg", "e.npy", "e-images-idx3-ubyte.gz", "e-images-idx3-ubyte"):
+        (tmp_path / name).write_bytes(b"")
+        with pytest.raises(inputs.InputError) as e:
+            inputs.load([str(tmp_path / name)])
+        assert str(e.value) == f"{tmp_path / name}: empty file (0 bytes)"
+
+
+def test_every_bad_file_is_named_up_to_max_listed_then_counted(fmnist, tmp_path, monkeypatch):
+    d = tmp_path / "d"
+    d.mkdir()
+    Image.fromarray(fmnist.test_x[0]).save(d / "a-good.png")
+    for name in ("b.png", "c.png", "d.png", "e.png"):
+        (d / name).write_bytes(b"")
+    empty = [f"{d / n}: empty file (0 bytes)" for n in ("b.png", "c.png", "d.png", "e.png")]
+    with pytest.raises(inputs.InputError) as e:
+        inputs.load([str(d)])
+    assert str(e.value) == ("4 of 5 input files cannot be used (fix or remove them): " + "; ".join(empty[:3])
+                            + "; and 1 more")
+    monkeypatch.setattr(inputs, "MAX_LISTED", 4)  # no "and 0 more" when all are listed
+    with pytest.raises(inputs.InputError) as e:
+        inputs.load([str(d)])
+    assert str(e.value) == "4 of 5 input files cannot be used (fix or remove them): " + "; ".join(empty)
+
+
+def test_every_file_is_decoded_before_the_refusal(fmnist, tmp_path):
+    # The bad file comes first: the good ones after it are still read (progress sees all), and one message.
+    (tmp_path / "0.png").write_bytes(b"")
+    for i in (1, 2):
+        Image.fromarray(fmnist.test_x[i]).save(tmp_path / f"{i}.png")
+    seen = []
+    with pytest.raises(inputs.InputError) as e:
+        inputs.load([str(tmp_path)], progress=lambda done, total: seen.append((done, total)))
+    assert str(e.value) == f"{tmp_path / '0.png'}: empty file (0 bytes)"
+    assert seen == [(1, 3), (2, 3), (3, 3)]

@@ -315,3 +315,85 @@ def test_bad_input_in_a_subprocess(model, bad):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.splitlines() == [f"predict.py: error: {bad}/tampered/ensemble.onnx: its checksum differs "
                                         f"from model.json's (modified or from another export): export again"]
+
+
+# ---- messages pinned verbatim: exit code 2, exactly one stderr line, nothing on stdout, --out not written
+
+UNDECODABLE = ("cannot decode it as an image (not a format Pillow reads; expected PNG or JPEG, a .npy array or a "
+               "*-images-idx3-ubyte[.gz] file)")
+
+
+@pytest.fixture(scope="module")
+def messy(pngs, tmp_path_factory):
+    """Empty files, a folder of one good and three bad images, a folder of six bad ones, and run directories."""
+    d = tmp_path_factory.mktemp("messy")
+    (d / "three").mkdir()
+    for name in ("empty.png", "empty.npy", "three/a.png", "three/c.jpg"):
+        (d / name).write_bytes(b"")
+    shutil.copy(pngs / "img00.png", d / "three" / "good.png")
+    (d / "three" / "b.png").write_bytes(b"this is not a PNG")
+    (d / "six").mkdir()
+    for i in range(6):
+        (d / "six" / f"bad{i}.png").write_bytes(b"" if i % 2 else b"junk")
+    (d / "run" / "folds").mkdir(parents=True)  # as experiments/tune.py leaves it before export: summary.json, folds/
+    (d / "run" / "summary.json").write_text("{}")
+    shutil.copytree(d / "run", d / "my run")
+    shutil.copytree(d / "run", d / "exported")
+    (d / "exported" / "model").mkdir()
+    (d / "exported" / "model" / "model.json").write_text("{}")
+    return d
+
+
+MESSAGES = [  # (arguments, the whole stderr line); {D} the messy directory, {M} the model
+    (["{M}", "{D}/empty.png"], "{D}/empty.png: empty file (0 bytes)"),
+    (["{M}", "{D}/empty.npy"], "{D}/empty.npy: empty file (0 bytes)"),
+    (["{M}", "{D}/three"],
+     "3 of 4 input files cannot be used (fix or remove them): {D}/three/a.png: empty file (0 bytes); "
+     "{D}/three/b.png: " + UNDECODABLE + "; {D}/three/c.jpg: empty file (0 bytes)"),
+    (["{M}", "{D}/six"],
+     "6 of 6 input files cannot be used (fix or remove them): {D}/six/bad0.png: " + UNDECODABLE + "; "
+     "{D}/six/bad1.png: empty file (0 bytes); {D}/six/bad2.png: " + UNDECODABLE + "; and 3 more"),
+    (["{M}", "{D}/empty.png", "{D}/three/good.png", "{D}/empty.npy"],
+     "2 of 3 input files cannot be used (fix or remove them): {D}/empty.png: empty file (0 bytes); "
+     "{D}/empty.npy: empty file (0 bytes)"),
+    (["{D}/run", "{D}/three/good.png"],
+     "{D}/run: a run directory, not a model directory; export its model first with python experiments/export.py "
+     "{D}/run (it writes {D}/run/model), then pass {D}/run/model"),
+    (["{D}/my run", "{D}/three/good.png"],
+     "{D}/my run: a run directory, not a model directory; export its model first with python "
+     "experiments/export.py '{D}/my run' (it writes {D}/my run/model), then pass '{D}/my run/model'"),
+    (["{D}/exported", "{D}/three/good.png"],
+     "{D}/exported: a run directory, not a model directory; its exported model is in {D}/exported/model: "
+     "pass that"),
+]
+
+
+@pytest.mark.parametrize("argv, line", MESSAGES, ids=[c[1][4:44] for c in MESSAGES])
+def test_message_verbatim(model, messy, tmp_path, capfd, argv, line):
+    fill = lambda s: s.format(M=model.dir, D=messy)  # noqa: E731
+    before = sorted(p.relative_to(messy) for p in messy.rglob("*"))
+    out_file = tmp_path / "preds.csv"
+    with pytest.raises(SystemExit) as e:
+        predict.main([fill(a) for a in argv] + ["--out", str(out_file)])
+    out, err = capfd.readouterr()
+    assert e.value.code == 2 and out == ""
+    assert err.splitlines() == [f"predict.py: error: {fill(line)}"]
+    assert not out_file.exists() and list(tmp_path.iterdir()) == []
+    assert sorted(p.relative_to(messy) for p in messy.rglob("*")) == before  # no model/ made in a run directory
+
+
+def test_export_command_in_the_message_is_the_real_one(messy, tmp_path):
+    """The message's command is export.py's CLI: it reads the (fake) run and refuses it in its own words."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(messy / "run", run_dir)
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "predict.py"), str(run_dir), "x.png"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2
+    command = re.search(r"with (python experiments/export\.py \S+) \(", proc.stderr).group(1)
+    assert command == f"python experiments/export.py {run_dir}"
+    export = subprocess.run([sys.executable, *command.split()[1:]], capture_output=True, text=True, timeout=300,
+                            cwd=ROOT)
+    lines = export.stderr.splitlines()
+    assert export.returncode == 2 and len(lines) == 1, export.stderr[-2000:]
+    assert lines[0].startswith(f"export.py: error: {run_dir}") and "usage" not in lines[0]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["folds", "summary.json"]
