@@ -27,12 +27,12 @@ import torch
 
 from distributed import data as fm
 from distributed.config import ConfigError, ModelConfig, TrainConfig
-from distributed.cv import load_checkpoint
+from distributed.checkpoints import fold_file, load_checkpoint, oof_file
 from distributed.folds import make_folds, split_fingerprint
 from distributed.model import make_model
 from distributed.train import predict
 
-from analysis.tables import Run
+from analysis.run_tables import Run
 
 Log = Callable[[str], None]
 
@@ -85,7 +85,7 @@ def check_inputs(run: Run) -> list[Path]:
     if ckpt is None or not ckpt.is_dir():
         raise ConfigError(f"best trial {run.best_trial_id}: checkpoint directory {ckpt} is missing; "
                           f"the report needs the best trial's fold models")
-    files = [ckpt / f"fold_{k}.pt" for k in range(run.folds)]
+    files = [ckpt / fold_file(k) for k in range(run.folds)]
     for f in files:
         if not f.is_file():
             raise ConfigError(f"best trial {run.best_trial_id}: checkpoint file {f} is missing; "
@@ -140,7 +140,7 @@ def load_fold_model(path: Path, device: str, fold: int, epochs: int) -> tuple[to
 
 def read_recorded_oof(ckpt: Path, data: RunData) -> dict | None:
     """The fold workers' OOF predictions (oof_fold_<k>.npz), checked against the split; None if absent."""
-    files = [ckpt / f"oof_fold_{k}.npz" for k in range(len(data.folds))]
+    files = [ckpt / oof_file(k) for k in range(len(data.folds))]
     if not all(f.is_file() for f in files):
         return None
     parts = []

@@ -45,6 +45,11 @@ def img_tag(png: bytes, alt: str) -> str:
     return f'<img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
+def figure_html(png: bytes, alt: str, caption: str) -> str:
+    """A PNG inlined as a <figure> with its caption (escaped)."""
+    return f"<figure>{img_tag(png, alt)}<figcaption>{esc(caption)}</figcaption></figure>"
+
+
 def table_html(df: pd.DataFrame, floats: str = "{:.4f}", left: tuple[str, ...] = ()) -> str:
     """A DataFrame as an HTML table; floats formatted, every cell escaped; `left` columns left-aligned."""
     align = {c: ' class="l"' if c in left else "" for c in df.columns}
@@ -87,7 +92,7 @@ class Section:
         """Render a matplotlib Figure once: kept as <name>.png and inlined with its caption."""
         png = to_png(fig)
         self.figures[name] = png
-        self.parts.append(f"<figure>{img_tag(png, name)}<figcaption>{esc(caption)}</figcaption></figure>")
+        self.parts.append(figure_html(png, name, caption))
 
     def table(self, name: str, df: pd.DataFrame, shown: pd.DataFrame | None = None, heading: str = "",
               **fmt) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.tables import Run
+from analysis.run_tables import Run
 from distributed.config import METRIC, ModelConfig, apply_hparams
 from distributed.model import make_model, num_params
 

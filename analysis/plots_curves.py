@@ -12,7 +12,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from analysis.style import BEST_COLOR, STATUS_STYLE, TRAIN_COLOR, VAL_COLOR, new_figure
-from analysis.tables import fold_band, fold_mean_curves, hparam_label
+from analysis.run_tables import fold_band, fold_mean_curves, hparam_label
 
 
 def plot_all_trials(epochs: pd.DataFrame, trials: pd.DataFrame, best_trial_id: str):

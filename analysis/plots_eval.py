@@ -27,6 +27,7 @@ def _matrix(ax, values: np.ndarray, labels: list[str], fmt, vmax: float) -> None
 def plot_confusion(cm: np.ndarray, title: str):
     """Counts (left) and row-normalised percentages (right: each true class sums to 100%, the diagonal
     is the per-class recall). The title carries the total and the accuracy trace/total."""
+    cm = np.asarray(cm)  # also a nested list, as metrics.json holds it
     fig = new_figure(13, 5.6)
     left, right = fig.subplots(1, 2)
     labels = list(CLASS_NAMES)

@@ -22,7 +22,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from distributed.io import _json_default  # numpy numbers in the figures
+from distributed.files import _json_default  # numpy numbers in the figures
 
 FORMAT = "fashion-mnist-tune/model"
 FORMAT_VERSION = 1

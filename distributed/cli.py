@@ -9,8 +9,8 @@ import time
 import typing
 
 from distributed.cli_help import GROUPS, flag_help, metavar
-from distributed.config import (PRESETS, TOP_LEVEL, ConfigError, ExperimentConfig, choose_preset, leaf_fields,
-                                override)
+from distributed.config import (EXIT_BAD_INPUT, PRESETS, TOP_LEVEL, ConfigError, ExperimentConfig, choose_preset,
+                                leaf_fields, override)
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
@@ -20,7 +20,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(2)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 def _parse_bool(text: str) -> bool:
@@ -107,7 +107,7 @@ def preset_from_args(args: argparse.Namespace,
 def check_visible_gpus(cfg: ExperimentConfig) -> None:
     """A local run (no --address) that asks for more GPUs than this machine shows is refused before Ray starts,
     saying how many there are (distributed.cluster.visible_gpus: what Ray would detect). A cluster's GPUs are
-    checked once it is joined (distributed.tuner.plan_resources)."""
+    checked once it is joined (distributed.resources.plan_resources)."""
     from distributed.cluster import visible_gpus
     wanted = cfg.resources.num_gpus
     if cfg.resources.address or not wanted:
@@ -138,7 +138,7 @@ def config_from_args(args: argparse.Namespace, preset: str) -> ExperimentConfig:
     return override(cfg, **top, **values)
 
 
-def fail(message: str, code: int = 2) -> typing.NoReturn:
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> typing.NoReturn:
     sys.stderr.write(message.rstrip().replace("\n", " ") + "\n")
     sys.exit(code)
 

@@ -23,25 +23,32 @@ CLASS_NAMES = (
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
 
-# Hyperparameters the search space can sample (see distributed/search.py); each is a field of
-# ModelConfig or TrainConfig, and any one not searched keeps the config's value.
 # Per-fold metrics each fold worker reports every epoch (fold-mean/std/per-fold in Tune and the tables).
 FOLD_METRICS = ("train_loss", "train_acc", "train_f1", "val_loss", "val_acc", "val_f1", "lr", "seconds")
 
+# Hyperparameters the search space can sample (define_space in distributed/search.py; --space picks among
+# them); each is a field of ModelConfig or TrainConfig, and any one not searched keeps the config's value.
 SEARCHABLE = ("lr", "weight_decay", "dropout", "batch_size", "width", "depth", "label_smoothing", "erase_p")
 
 
+# The CLIs' exit codes (DESIGN section 4), named once. A search stops early through distributed.guard
+# (a full disk, a node that cannot see the run: coordinator.stop_search) or distributed.interrupt (Ctrl-C);
+# run_search then raises SearchStopped carrying one of these codes.
+EXIT_OK = 0
+EXIT_FAILURE = 1       # a failure during the run (also: a search that ended with no best trial)
+EXIT_BAD_INPUT = 2     # bad input or configuration: one line on stderr, no traceback, nothing written
+EXIT_DISK_FULL = EXIT_FAILURE  # SearchStopped's code for a full disk: the run is fine and resumes once there is room
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a process ended by Ctrl-C
+
+
 class ConfigError(ValueError):
-    """Bad input or configuration: the CLIs print it as one line and exit with code 2."""
-
-
-EXIT_DISK_FULL = 1  # SearchStopped's code for a full disk: the run is fine and resumes once there is room
+    """Bad input or configuration: the CLIs print it as one line and exit with EXIT_BAD_INPUT (2)."""
 
 
 class SearchStopped(RuntimeError):
     """The search stopped early, its run directory intact and resumable (say a full disk): one line, `code`."""
 
-    def __init__(self, message: str, code: int = 1):
+    def __init__(self, message: str, code: int = EXIT_FAILURE):
         super().__init__(message)
         self.code = code
 
@@ -336,12 +343,13 @@ def apply_hparams(cfg: ExperimentConfig, hparams: dict) -> tuple[ModelConfig, Tr
     train_keys = {k: v for k, v in hparams.items() if hasattr(cfg.train, k)}
     unknown = set(hparams) - set(model_keys) - set(train_keys)
     if unknown:
-        raise KeyError(f"hyperparameters {sorted(unknown)} are not fields of ModelConfig or TrainConfig")
+        raise ConfigError(f"hyperparameters {', '.join(sorted(unknown))}: not fields of ModelConfig or "
+                          f"TrainConfig (the searchable ones are {', '.join(SEARCHABLE)})")
     return replace(cfg.model, **model_keys), replace(cfg.train, **train_keys)
 
 
 def save(cfg: ExperimentConfig, path) -> None:
-    from distributed.io import write_json_atomic
+    from distributed.files import write_json_atomic
     write_json_atomic(path, to_dict(cfg))
 
 

@@ -3,7 +3,7 @@
 A slot (distributed.slots) is one long-lived Ray Train run of K workers. Each worker starts once per search:
 it imports torch, copies its fold's part of the data onto its device, and then serves trial after trial,
 asking the coordinator (distributed.coordinator) for the next one. For each trial it trains its own model
-on K-1 folds and evaluates on the held-out fold, every epoch, and writes
+on K-1 folds and evaluates on the held-out fold, every epoch, and writes (distributed.checkpoints)
 
     RUN_DIR/folds/<trial>/epoch_NNN/fold_<k>.pt        weights, optimizer, schedule, RNG, metrics, history
     RUN_DIR/folds/<trial>/epoch_NNN/oof_fold_<k>.npz   after the last epoch: the out-of-fold predictions
@@ -16,10 +16,7 @@ checkpoint of the trial, so no fold trains an epoch twice.
 """
 from __future__ import annotations
 
-import io
 import os
-import pickle
-import re
 import signal
 import time
 import traceback
@@ -29,13 +26,14 @@ import numpy as np
 import torch
 
 from distributed import storage
-from distributed.io import is_disk_full, low_disk_message
-from distributed.config import ConfigError, apply_hparams, from_dict
+from distributed.checkpoints import (epoch_dir, fold_file, fold_seed, latest_fold_epoch, load_fold_state,
+                                     prune_old_epoch, restore_rng, rng_state, write_fold_state, write_oof)
+from distributed.config import EXIT_BAD_INPUT, EXIT_DISK_FULL, apply_hparams, from_dict
+from distributed.files import is_disk_full, low_disk_message
 from distributed.model import make_model
 from distributed.train import evaluate, make_optimizer, steps_per_epoch, train_one_epoch
 
 FAULT_ENV = "FMNIST_TEST_KILL_FOLD_AT"  # test-only hook: "FOLD:EPOCH:MARKER_FILE" kills that worker once
-KEEP_EPOCHS = 2  # fold checkpoints kept per trial and fold (the newest ones; the last epoch is always kept)
 
 
 def fold_split(shared: dict, fold: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,59 +52,6 @@ def _maybe_inject_fault(fold: int, epoch: int) -> None:
     if int(f) == fold and int(e) == epoch and not os.path.exists(marker):
         Path(marker).write_text(f"killed fold {fold} at epoch {epoch}\n")
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def epoch_dir(run_root: str, trial_id: str, epoch: int) -> str:
-    return f"{run_root}/folds/{trial_id}/epoch_{epoch:03d}"
-
-
-def latest_fold_epoch(run_root: str, trial_id: str, fold: int) -> int:
-    """The newest epoch with this fold's checkpoint of the trial (0: none)."""
-    epochs = [int(name[len("epoch_"):]) for name in storage.list_dir(f"{run_root}/folds/{trial_id}")
-              if name.startswith("epoch_") and name[len("epoch_"):].isdigit()]
-    for e in sorted(epochs, reverse=True):
-        if f"fold_{fold}.pt" in storage.list_dir(epoch_dir(run_root, trial_id, e)):
-            return e
-    return 0
-
-
-def rng_state(device: torch.device) -> dict:
-    """The generators that drive augmentation and dropout: the CPU one, and the device's own on CUDA."""
-    state = {"rng": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda_rng"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def restore_rng(state: dict, device: torch.device) -> None:
-    # .cpu(): a checkpoint loaded with map_location=<cuda device> moves the saved ByteTensor there too, and
-    # torch.set_rng_state accepts only a CPU ByteTensor. Checkpoints written before the CUDA state was saved
-    # have only "rng".
-    torch.set_rng_state(state["rng"].cpu())
-    if device.type == "cuda" and "cuda_rng" in state:
-        torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
-
-
-def load_checkpoint(source, name, map_location="cpu") -> dict:
-    """torch.load with weights_only=True: tensors, numbers, strings and containers, never arbitrary objects.
-
-    A fold checkpoint holds nothing else, so a file that needs pickle to load was not written by this
-    project, and loading it could run code: it is refused (ConfigError, one line naming it).
-    """
-    try:
-        return torch.load(source, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        what = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), "")
-        what = re.sub(r"\x1b\[[0-9;]*m", "", what).split(". ")[0]  # "Unsupported global: GLOBAL mod.Cls"
-        raise ConfigError(f"{name}: refused: it holds objects that only pickle can load, which could run "
-                          f"code; not a checkpoint written by this project{f' ({what})' if what else ''}") from None
-
-
-def load_fold_state(path: str) -> dict:
-    """A fold checkpoint, every tensor on the CPU: load_state_dict copies weights onto the model's device and
-    the optimizer casts its state to its parameters' device, while the RNG states must stay CPU ByteTensors
-    (with map_location=<cuda device> torch.set_rng_state raised "RNG state must be a torch.ByteTensor")."""
-    return load_checkpoint(io.BytesIO(storage.read_file(path)), path)
 
 
 class Fold:
@@ -129,14 +74,14 @@ def run_fold(job: dict, fold: Fold, cfg, run_root: str, coordinator, node: dict)
 
     trial_id, k, device = job["trial_id"], fold.fold, fold.device
     model_cfg, train_cfg = apply_hparams(cfg, job["hparams"])
-    torch.manual_seed(cfg.cv.fold_seed * 1000 + k)
+    torch.manual_seed(fold_seed(cfg, k))
 
     # ---- model, optimizer, schedule; resume from this fold's latest checkpoint of the trial
     model = make_model(model_cfg, device)
     optimizer, scheduler = make_optimizer(model, train_cfg, steps_per_epoch(len(fold.x_tr), train_cfg.batch_size))
     start_epoch, history = latest_fold_epoch(run_root, trial_id, k), []
     if start_epoch:
-        state = load_fold_state(f"{epoch_dir(run_root, trial_id, start_epoch)}/fold_{k}.pt")
+        state = load_fold_state(f"{epoch_dir(run_root, trial_id, start_epoch)}/{fold_file(k)}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -170,21 +115,13 @@ def run_fold(job: dict, fold: Fold, cfg, run_root: str, coordinator, node: dict)
             return
         history.append(metrics)
         out = epoch_dir(run_root, trial_id, epoch)
-        buf = io.BytesIO()
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch, "fold": k, **rng_state(device),
-                    "model_config": model_cfg.__dict__, "train_config": train_cfg.__dict__,
-                    "metrics": metrics, "history": history}, buf)
-        storage.write_file(f"{out}/fold_{k}.pt", buf.getvalue())
+        write_fold_state(out, k, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                  "scheduler": scheduler.state_dict(), "epoch": epoch, "fold": k,
+                                  **rng_state(device), "model_config": model_cfg.__dict__,
+                                  "train_config": train_cfg.__dict__, "metrics": metrics, "history": history})
         if epoch == train_cfg.epochs:
-            probs = ev["probs"].float().cpu().numpy()
-            buf = io.BytesIO()
-            np.savez(buf, index=fold.val_idx, fold=np.full(len(fold.val_idx), k), true=fold.y_val_np,
-                     pred=probs.argmax(1), probs=probs)
-            storage.write_file(f"{out}/oof_fold_{k}.npz", buf.getvalue())
-        old = epoch - KEEP_EPOCHS
-        if old >= 1 and f"fold_{k}.pt" in storage.list_dir(epoch_dir(run_root, trial_id, old)):
-            storage.remove_file(f"{epoch_dir(run_root, trial_id, old)}/fold_{k}.pt")
+            write_oof(out, k, fold.val_idx, fold.y_val_np, ev["probs"].float().cpu().numpy())
+        prune_old_epoch(run_root, trial_id, k, epoch)
         ray.get(coordinator.fold_report.remote(trial_id, k, metrics, out))
 
 
@@ -201,7 +138,8 @@ def fold_worker(loop_config: dict) -> None:
     node = {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
             "pid": os.getpid()}  # the same K processes serve every trial of a slot (tests check it)
     if not storage.run_dir_visible(run_root):  # a node the autoscaler added after the driver's storage check
-        ray.get(coordinator.stop_search.remote(storage.blind_node_problem(run_root, node, slot, fold), 2))
+        ray.get(coordinator.stop_search.remote(storage.blind_node_problem(run_root, node, slot, fold),
+                                               EXIT_BAD_INPUT))
         return  # training here would write checkpoints the driver never sees
     cfg = from_dict(loop_config["experiment"])
     device = ray.train.torch.get_device()
@@ -224,7 +162,7 @@ def fold_worker(loop_config: dict) -> None:
             if is_disk_full(e):  # not the trial's fault: the search stops, the trial resumes later
                 ray.get(coordinator.stop_search.remote(
                     f"{low_disk_message(run_root, cfg.resources.min_free_mb)} "
-                    f"(a fold checkpoint could not be written: {e})", 1))
+                    f"(a fold checkpoint could not be written: {e})", EXIT_DISK_FULL))
             else:
                 ray.get(coordinator.fold_error.remote(job["trial_id"], fold,
                                                       f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distributed.config import NUM_CLASSES, ConfigError, DataConfig
+from distributed.config import EXIT_BAD_INPUT, EXIT_OK, NUM_CLASSES, ConfigError, DataConfig
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 TORCHVISION_CACHE = os.path.expanduser("~/.cache/fashion-mnist")  # root= for torchvision's downloader
@@ -168,9 +168,9 @@ def main(argv=None) -> int:
         d = load(DataConfig(data_dir=args.data_dir, download=args.download))
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     print(f"Fashion-MNIST: {len(d.train_x)} training + {len(d.test_x)} test images from {d.source}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 import ray
 import ray.tune
 
-from distributed import io
+from distributed import files
 from distributed.config import EXIT_DISK_FULL
 from distributed.interrupt import stop_tune
 
@@ -43,7 +43,7 @@ class StopGuard(ray.tune.Callback):
             stop_tune()
 
     def problem(self) -> tuple[str, int] | None:
-        low = io.low_disk(self.disk, self.min_free_mb) if self.disk is not None else None
+        low = files.low_disk(self.disk, self.min_free_mb) if self.disk is not None else None
         if low:
             return low, EXIT_DISK_FULL
         if self.coordinator is not None:

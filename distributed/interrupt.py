@@ -6,7 +6,8 @@ Python API, and the search returns as if it had finished. So tune.py turns Tune'
 (TUNE_DISABLE_SIGINT_HANDLER) and installs this one:
 
 - first SIGINT: one line, then Tune's own interrupt, which Tune also listens for on SIGUSR1. tune.py then
-  writes summary.json and the tables as after any search, prints the exact --resume command and exits 130.
+  writes summary.json and the tables as after any search, prints the exact --resume command and exits 130
+  (EXIT_INTERRUPTED, distributed.config).
   Before Tune's loop runs (while the slots start) there is nothing to save: it exits at once, as below.
 - second SIGINT: the lock is released and the process exits with 130 at once. Ray's processes share the
   driver's fate, and what the run directory holds is what a killed driver leaves, which --resume accepts
@@ -20,7 +21,8 @@ import signal
 import sys
 from typing import Callable
 
-EXIT_CODE = 130  # 128 + SIGINT, what shells report for a process ended by Ctrl-C
+from distributed.config import EXIT_INTERRUPTED
+
 TUNE_INTERRUPT_LINES = ("Stop signal received", "Resume experiment with", "Trials did not complete")
 
 
@@ -51,7 +53,7 @@ class Interrupt:
     def abort(self) -> None:
         self.on_abort()
         print(f"\ninterrupted; continue with: {self.resume_command}", file=sys.stderr, flush=True)
-        os._exit(EXIT_CODE)
+        os._exit(EXIT_INTERRUPTED)
 
 
 def tune_listens() -> bool:

@@ -6,7 +6,7 @@ is below the cutoff, however much its folds disagree. Fold-ASHA keeps ASHA's run
 reduction factor, max_t and asynchronous promotion, and changes only the stop decision:
 
     a trial whose fold mean at a rung is below the rung's cutoff is stopped only when the one-sided
-    corrected resampled t-test (Nadeau and Bengio, as in analysis/stats.py) of d_k = cutoff trial's fold k
+    corrected resampled t-test (Nadeau and Bengio, distributed/stats.py) of d_k = cutoff trial's fold k
     - this trial's fold k, k = 1..K, at the rung's epoch, with test/train ratio 1/(K-1), rejects
     "not worse" at level alpha: p <= alpha. Otherwise it is let through to the next rung.
 
@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
-from scipy import stats as sps
 
-from distributed.config import METRIC
-from distributed.io import write_bytes_atomic
+from distributed.config import METRIC, ConfigError
+from distributed.files import write_bytes_atomic
+from distributed.stats import corrected_one_sided
 
 RUNGS_FILE = "rungs.parquet"
 KILL_ENV = "FMNIST_TEST_KILL_DRIVER_AT_RUNG"  # test-only hook: "N" kills the driver right after the N-th rung
@@ -42,24 +42,6 @@ FOLDS_KEY = METRIC.removesuffix("_mean") + "_folds"  # the per-fold list beside 
 CONTINUE, STOP, LET_THROUGH = "continue", "stop", "let_through"  # "let through on doubt"
 RUNG_COLUMNS = ("trial_id", "rung", "epoch", "folds", "value", "n_at_rung", "cutoff", "cutoff_trial_id",
                 "t", "p", "alpha", "decision")
-
-
-def corrected_one_sided(diffs, test_train_ratio: float) -> tuple[float, float]:
-    """(t, p) of the one-sided corrected resampled t-test of mean(diffs) > 0 (K-1 degrees of freedom).
-
-    The t is analysis.stats.corrected_resampled_ttest's, and p is half its two-sided p when t > 0.
-    Fewer than 2 differences: (nan, nan), there is no variance to test against.
-    """
-    d = np.asarray(diffs, dtype=float)
-    k = len(d)
-    if k < 2:
-        return math.nan, math.nan
-    mean, sd = float(d.mean()), float(d.std(ddof=1))
-    se = math.sqrt((1.0 / k + test_train_ratio) * sd ** 2)
-    if se == 0.0:  # every fold gave the same difference: certain, unless there is none
-        return (math.copysign(math.inf, mean), 0.0 if mean > 0 else 1.0) if mean != 0.0 else (0.0, 1.0)
-    t = mean / se
-    return t, float(sps.t.sf(t, k - 1))
 
 
 def cutoff_trial(recorded: dict, cutoff: float) -> str:
@@ -181,6 +163,13 @@ def write_rungs(run_dir: Path, rows: list[dict]) -> None:
 
 
 def load_rungs(run_dir: Path) -> pd.DataFrame:
-    """RUN_DIR/rungs.parquet, or an empty table (a new search, or a FIFO one)."""
+    """RUN_DIR/rungs.parquet (RUNG_COLUMNS, one row per trial and rung), or an empty table with the same
+    columns (a new search, a FIFO one, or a run from before the file existed). The scheduler rebuilds its rungs
+    from it on resume; the report reads it too. An unreadable file raises ConfigError."""
     path = Path(run_dir) / RUNGS_FILE
-    return pd.read_parquet(path) if path.is_file() else rungs_frame([])
+    if not path.is_file():
+        return rungs_frame([])
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several types for truncated or foreign files
+        raise ConfigError(f"{path}: unreadable Parquet ({type(e).__name__}: {e})") from None

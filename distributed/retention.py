@@ -1,15 +1,16 @@
 """What a finished search keeps of its fold checkpoints: --keep-checkpoints all | best | topk:N (default topk:5).
 
-Every trial leaves RUN_DIR/folds/<trial>/: its last KEEP_EPOCHS (distributed.cv) epochs of K fold checkpoints,
-and the OOF predictions of the last one. Nothing reads most of them once the search is over: the report and
+Every trial leaves RUN_DIR/folds/<trial>/: its last KEEP_EPOCHS (distributed.checkpoints) epochs of K fold
+checkpoints, and the OOF predictions of the last one. Nothing reads most of them once the search is over: the report and
 the export read the best trial's final epoch, and a resume only the trials that have not ended. The quick
 preset (5 trials) keeps its checkpoints in about a hundred MB; a full search of 40 trials would keep several GB.
 
 When every trial of the search has ended (`search_ended`: not after Ctrl-C, and nothing at all if run_search
 raises), `apply` keeps the folds/ directories of
 
-    - the first N trials of `ranking` (best: N = 1; all: every one): completed trials by fold-mean METRIC, then
-      pruned trials by the epochs they reached and their last fold-mean; ties by trial id, as best_trial does
+    - the first N trials of `ranking` (best: N = 1; all: every one), the order of tables.rank_trials: completed
+      trials by fold-mean METRIC, then pruned trials by the epochs they reached and their last fold-mean; ties
+      by trial id, as best_trial does
     - the best trial (summary.json's best_trial_id, rank 1 of that order)
     - every trial that neither completed nor was pruned (errored: a --resume retries it from its checkpoints)
 
@@ -32,9 +33,11 @@ from pathlib import Path
 import pandas as pd
 
 from distributed import storage
-from distributed.config import METRIC, MODE, ExperimentConfig, keep_checkpoints_count
-from distributed.io import write_bytes_atomic, write_json_atomic
+from distributed.config import ExperimentConfig, keep_checkpoints_count
+from distributed.files import write_bytes_atomic, write_json_atomic
 from distributed.lock import LOCK_NAME
+from distributed.storage import RunLocation
+from distributed.tables import rank_trials
 
 RANKED = ("completed", "pruned")  # the statuses a policy may remove; any other trial keeps its checkpoints
 
@@ -42,16 +45,12 @@ RANKED = ("completed", "pruned")  # the statuses a policy may remove; any other 
 # ---------------------------------------------------------------- the selection (pure)
 
 def ranking(trials: pd.DataFrame) -> list[str]:
-    """Ids of the completed and pruned trials, best first: completed by METRIC, then pruned by epochs reached
-    and METRIC (a pruned value comes from fewer epochs, so it never outranks a completed one). A missing
-    value ranks last in its group; equal values keep the table's order (trial id), as tables.best_trial."""
-    if trials.empty:
-        return []
-    df = trials[trials.status.isin(RANKED)]
-    df = df.assign(_pruned=df.status != "completed", _metric=df[METRIC] if MODE == "max" else -df[METRIC])
-    df = df.sort_values(["_pruned", "epochs_run", "_metric"], ascending=[True, False, False],
-                        na_position="last", kind="stable")
-    return list(df.trial_id)
+    """Ids of the completed and pruned trials, best first, in the one order of tables.rank_trials: completed
+    by METRIC, then pruned by epochs reached and METRIC (a pruned value comes from fewer epochs, so it never
+    outranks a completed one). A missing value ranks last in its group; equal values keep the table's order
+    (trial id), as tables.best_trial."""
+    ranked = rank_trials(trials)
+    return [t for t, s in zip(ranked.trial_id, ranked.status) if s in RANKED] if not ranked.empty else []
 
 
 def select(trials: pd.DataFrame, present: list[str], keep: int | None,
@@ -80,25 +79,23 @@ def search_ended(summary: dict, num_samples: int) -> bool:
 def tree_files(root: str) -> dict[str, int]:
     """{path relative to root (posix): size} of every file under `root` (a local path or a URI); {} when it
     does not exist."""
-    store = storage.parse_storage_uri(root)
-    if store is None:
+    fs, prefix = storage.filesystem(root)
+    if fs is None:
         return {Path(d, f).relative_to(root).as_posix(): os.path.getsize(os.path.join(d, f))
                 for d, _, files in os.walk(root) for f in files}
     import pyarrow.fs
-    prefix = store.fs_path("")
-    infos = storage.open_store(store).get_file_info(pyarrow.fs.FileSelector(prefix, recursive=True,
-                                                                            allow_not_found=True))
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(prefix, recursive=True, allow_not_found=True))
     return {posixpath.relpath(i.path, prefix): i.size for i in infos if i.type == pyarrow.fs.FileType.File}
 
 
 def remove_tree(root: str) -> int:
     """Delete every file under `root` and the directories left empty. Returns the bytes freed."""
     files = tree_files(root)
-    store = storage.parse_storage_uri(root)
-    if store is not None:
+    fs, prefix = storage.filesystem(root)
+    if fs is not None:
         # pyarrow's S3 delete_file leaves an empty "directory" object (epoch_NNN/) for each parent it empties,
         # and list_dir would still show the trial: delete_dir takes the files and those markers, in batches
-        storage.open_store(store).delete_dir(store.fs_path(""))
+        fs.delete_dir(prefix)
         return sum(files.values())
     for rel in files:
         storage.remove_file(f"{root}/{rel}")
@@ -118,13 +115,14 @@ def run_bytes(run_root: str, skip: tuple[str, ...] = (LOCK_NAME,)) -> int:
 
 # ---------------------------------------------------------------- the end of a search
 
-def apply(cfg: ExperimentConfig, run_dir: Path, run_root: str, summary: dict) -> dict:
+def apply(cfg: ExperimentConfig, where: RunLocation, summary: dict) -> dict:
     """Apply cfg.search.keep_checkpoints to an ended search (see the module docstring) and record the run's size;
     rewrites trials.parquet and summary.json (and their copies in the bucket). Returns the new summary.
 
-    run_dir: the driver's local run directory; run_root: where the nodes write (run_dir, or URI/NAME).
+    where: the run's location; its local_dir is the driver's run directory, its root where the nodes write
+    (the run directory, or URI/NAME).
     """
-    store = storage.parse_storage_uri(cfg.storage_path)
+    run_dir, run_root = Path(where.local_dir), where.root
     policy, folds = cfg.search.keep_checkpoints, f"{run_root}/folds"
     kept, removed, freed = None, [], 0  # kept None: not applied, the search has not ended
     if search_ended(summary, cfg.search.num_samples):
@@ -138,13 +136,11 @@ def apply(cfg: ExperimentConfig, run_dir: Path, run_root: str, summary: dict) ->
         if gone.any():
             trials.loc[gone, "checkpoint_path"] = None
             write_bytes_atomic(run_dir / "trials.parquet", trials.to_parquet(index=False))
-            if store:
-                storage.upload(run_dir, store, cfg.name, files=("trials.parquet",))
+            where.upload(files=("trials.parquet",))
     summary = {**summary, "keep_checkpoints": policy, "checkpoints_kept": kept, "checkpoints_removed": removed,
                "checkpoint_bytes_freed": freed}
     write_summary(run_dir / "summary.json", summary, run_bytes(run_root, skip=(LOCK_NAME, "summary.json")))
-    if store:
-        storage.upload(run_dir, store, cfg.name, files=("summary.json",))
+    where.upload(files=("summary.json",))
     return summary
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from distributed import data as fm
-from distributed import io, storage
+from distributed import files, storage
 from distributed.config import PRESETS, ConfigError, ExperimentConfig, load, to_dict
 from distributed.folds import make_folds, split_fingerprint
 from distributed.lock import RunLock
@@ -41,9 +41,8 @@ def versions() -> dict:
 
 def run_exists(storage_path: str, name: str) -> bool:
     """Is there a run called name: the local (working copy of the) run directory, or URI/NAME in a bucket."""
-    store = storage.parse_storage_uri(storage_path)
-    return (storage.local_run_dir(storage_path, name).exists()
-            or (store is not None and storage.remote_run_exists(store, name)))
+    where = storage.RunLocation.of(storage_path, name)
+    return where.local_dir.exists() or (where.store is not None and storage.remote_run_exists(where.store, name))
 
 
 def default_run_name(preset: str, storage_path: str, now: datetime | None = None) -> str:
@@ -61,12 +60,13 @@ def default_run_name(preset: str, storage_path: str, now: datetime | None = None
 def stored_preset(storage_path: str, name: str) -> str | None:
     """The preset in config.json of the run --resume continues (the local copy, else the bucket's); None when
     there is no readable config.json or its preset is unknown: prepare_run then refuses the resume, saying why."""
-    local = storage.local_run_dir(storage_path, name) / "config.json"
+    where = storage.RunLocation.of(storage_path, name)
+    local = where.local_dir / "config.json"
     try:
         if local.is_file():
             text = local.read_text()
         else:
-            store = storage.parse_storage_uri(storage_path)
+            store = where.store
             if store is None:
                 return None
             with storage.open_store(store).open_input_stream(store.fs_path(name, "config.json")) as f:
@@ -119,21 +119,22 @@ def no_such_run(cfg: ExperimentConfig, runs: list[str], most: int = 10) -> str:
     return f"{where}; the runs there are: {', '.join(runs[:most])}{more}"
 
 
-def prepare_run(cfg: ExperimentConfig) -> tuple[Path, dict, dict]:
-    """Returns (run_dir, shared arrays for the object store, meta for summary.json)."""
-    run_dir = storage.local_run_dir(cfg.storage_path, cfg.name)
-    store = storage.parse_storage_uri(cfg.storage_path)
+def prepare_run(cfg: ExperimentConfig) -> tuple[storage.RunLocation, dict, dict]:
+    """Returns (where the run is stored, shared arrays for the object store, meta for summary.json). The
+    RunLocation reads as the local run directory (str, os.fspath); run_search and the tables take it."""
+    where = storage.RunLocation.of(cfg.storage_path, cfg.name)
+    run_dir, store = where.local_dir, where.store
     if cfg.resume and store is None and not run_dir.exists():
         raise ConfigError(no_such_run(cfg, local_runs(run_dir.parent)))
     check_writable(run_dir)
-    low = io.low_disk(run_dir, cfg.resources.min_free_mb)  # it would stop at its first check (distributed.guard)
+    low = files.low_disk(run_dir, cfg.resources.min_free_mb)  # it would stop at its first check (distributed.guard)
     if low:
         raise ConfigError(f"{low}; free some space, or lower --min-free-mb")
     if run_dir.exists() and not cfg.resume:
         raise ConfigError(f"run directory {run_dir} already exists: pass --resume to continue it, "
                           f"or choose another --name")
     if store is None:
-        return _check_run(cfg, run_dir)
+        return (where, *_check_run(cfg, run_dir))
     in_bucket = storage.remote_run_exists(store, cfg.name)  # also: can the bucket be read at all?
     if in_bucket and not cfg.resume:
         raise ConfigError(f"{store.run_uri(cfg.name)} already exists: pass --resume to continue it, "
@@ -141,22 +142,23 @@ def prepare_run(cfg: ExperimentConfig) -> tuple[Path, dict, dict]:
     if cfg.resume and not in_bucket and not run_dir.exists():
         raise ConfigError(no_such_run(cfg, storage.list_dir(store.uri)))
     if not (cfg.resume and in_bucket and not run_dir.exists()):
-        return _check_run(cfg, run_dir)
+        return (where, *_check_run(cfg, run_dir))
     # A resume on a machine without the driver's working copy: fetch it from the bucket and check it like a
     # local one; if the check refuses, the fetched copy goes again (a refused resume leaves nothing behind).
     made_parent = not run_dir.parent.exists()
     n = storage.download_driver_files(store, cfg.name, run_dir)
     try:
-        prepared = _check_run(cfg, run_dir)
+        shared, meta = _check_run(cfg, run_dir)
     except ConfigError:
         shutil.rmtree(run_dir.parent if made_parent else run_dir, ignore_errors=True)
         raise
     print(f"--resume: fetched {n} file(s) of {store.run_uri(cfg.name)} into {run_dir}", flush=True)
-    return prepared
+    return where, shared, meta
 
 
-def _check_run(cfg: ExperimentConfig, run_dir: Path) -> tuple[Path, dict, dict]:
-    """prepare_run's checks of the local run directory (for --resume) and the data; loads the data."""
+def _check_run(cfg: ExperimentConfig, run_dir: Path) -> tuple[dict, dict]:
+    """prepare_run's checks of the local run directory (for --resume) and the data; loads the data. Returns
+    (shared arrays, meta)."""
     if cfg.resume and not (run_dir / "config.json").exists():
         raise ConfigError(f"--resume: {run_dir} is not a run directory of this tool (no config.json)")
     if cfg.resume:
@@ -202,14 +204,16 @@ def _check_run(cfg: ExperimentConfig, run_dir: Path) -> tuple[Path, dict, dict]:
         meta["wall_s_before"] = float(old.get("wall_s", 0.0))
     shared = {"x": dataset.train_x, "y": dataset.train_y, "positions": positions,
               "folds": [np.asarray(f) for f in folds]}
-    return run_dir, shared, meta
+    return shared, meta
 
 
-def start_run_dir(run_dir: Path, cfg: ExperimentConfig) -> RunLock:
+def start_run_dir(run_dir: os.PathLike, cfg: ExperimentConfig) -> RunLock:
     """Make the run directory (a new run's atomically: one made by another run since prepare_run looked is
     refused, never shared), take its lock (distributed.lock: one writer per run) and write the effective
-    config into it. Returns the lock, held until the caller releases it (at exit at the latest)."""
-    from distributed.io import write_json_atomic
+    config into it. Returns the lock, held until the caller releases it (at exit at the latest).
+    run_dir: the local run directory, or prepare_run's RunLocation."""
+    from distributed.files import write_json_atomic
+    run_dir = Path(run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
         run_dir.mkdir(exist_ok=cfg.resume)

@@ -32,7 +32,7 @@ from distributed.config import ExperimentConfig, SearchStopped, to_dict
 from distributed.coordinator import Coordinator
 from distributed.cv import fold_worker
 
-# What a slot's Train run does not need (set for every Ray process of the job, see tuner.RAY_RUNTIME_ENV):
+# What a slot's Train run does not need (set for every Ray process of the job, see ray_init.RAY_RUNTIME_ENV):
 # - the preemption watcher: an extra actor polling for spot-instance notices every 5 s;
 # - Train's Prometheus metrics callbacks on the controller and every worker.
 SLOT_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import posixpath
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from distributed.config import ConfigError
@@ -124,9 +124,60 @@ def parse_storage_uri(text: str, flag: str = "--storage-path") -> RemoteStore | 
     return RemoteStore(scheme, bucket, prefix)
 
 
-def local_run_dir(storage_path: str, name: str) -> Path:
-    """Where the driver keeps a run: STORAGE_PATH/NAME, or results/NAME for a run stored in a bucket."""
-    return Path(LOCAL_ROOT if parse_storage_uri(storage_path) else storage_path) / name
+@dataclass(frozen=True)
+class RunLocation:
+    """Where a run is stored, parsed once (prepare_run) and handed to the engine.
+
+    local_dir: the driver's run directory, STORAGE_PATH/NAME, or its working copy results/NAME for a run in a
+    bucket (as given: relative paths stay relative in messages; run_search resolves it). store: the bucket,
+    or None. The nodes write to `root`, Tune's experiment lives under `parent`. It reads as a path to
+    local_dir (str, os.fspath), so code that took the run directory takes a RunLocation.
+    """
+    name: str
+    storage_path: str
+    local_dir: Path
+    store: RemoteStore | None
+
+    @classmethod
+    def of(cls, storage_path: str, name: str) -> "RunLocation":
+        """STORAGE_PATH/NAME (a local or shared directory, or a bucket): ConfigError for a URI not supported."""
+        store = parse_storage_uri(storage_path)
+        return cls(name, storage_path, Path(LOCAL_ROOT if store else storage_path) / name, store)
+
+    def resolved(self) -> "RunLocation":
+        """The same run with an absolute local_dir (Ray's storage layer takes absolute paths or URIs only)."""
+        return replace(self, local_dir=self.local_dir.resolve())
+
+    @property
+    def parent(self) -> str:
+        """Where the run's directory is, as Tune's storage_path: the bucket's URI, or the local parent."""
+        return self.store.uri if self.store else str(self.local_dir.resolve().parent)
+
+    @property
+    def root(self) -> str:
+        """Where the nodes write fold checkpoints and the Tune experiment: URI/NAME, or the local directory."""
+        return f"{self.parent}/{self.local_dir.name}"
+
+    @property
+    def remote_root(self) -> str | None:
+        """The run in its bucket as pyarrow and Ray's checkpoint paths name it (bucket/prefix/NAME), or None."""
+        return self.store.fs_path(self.name) if self.store else None
+
+    def upload(self, files=None) -> list[str]:
+        """Copy the driver's files (DRIVER_FILES, or `files`) to the bucket; nothing for a local run."""
+        if self.store is None:
+            return []
+        return upload(self.local_dir, self.store, self.name, DRIVER_FILES if files is None else files)
+
+    def download(self, *parts: str) -> int:
+        """Copy URI/NAME/<parts...> into local_dir; 0 for a local run."""
+        return download(self.store, self.name, self.local_dir, *parts) if self.store else 0
+
+    def __fspath__(self) -> str:
+        return str(self.local_dir)
+
+    def __str__(self) -> str:
+        return str(self.local_dir)
 
 
 def open_store(store: RemoteStore):
@@ -230,7 +281,7 @@ def fetch_run(target: str) -> Path:
         raise ConfigError(f"{target}: name a run, s3://BUCKET/PREFIX/NAME, not a bucket")
     parent_prefix, _, name = store.prefix.rpartition("/")
     parent = RemoteStore(store.scheme, store.bucket, parent_prefix)
-    local = local_run_dir(parent.uri, name)
+    local = RunLocation.of(parent.uri, name).local_dir
     if (local / "config.json").is_file():
         import json
         stored = json.loads((local / "config.json").read_text()).get("storage_path")
@@ -249,10 +300,10 @@ def fetch_run(target: str) -> Path:
 def fetch_checkpoint(run_dir: Path, storage_path: str, name: str, relative: str | None) -> int:
     """Download RUN_DIR/<relative> (a fold checkpoint directory) from the bucket when the run is stored in one
     and the directory is not here yet. Returns the files copied (0 for local runs)."""
-    store = parse_storage_uri(storage_path)
-    if store is None or not relative or (Path(run_dir) / relative).is_dir():
+    where = RunLocation.of(storage_path, name)
+    if where.store is None or not relative or (Path(run_dir) / relative).is_dir():
         return 0
-    return download(store, name, run_dir, *relative.split("/"))
+    return download(where.store, name, run_dir, *relative.split("/"))
 
 
 # ---------------------------------------------------------------- files written by the fold workers
@@ -261,7 +312,8 @@ def fetch_checkpoint(run_dir: Path, storage_path: str, name: str, relative: str 
 # bookkeeping, which counts across a slot's whole Train run and would delete another trial's checkpoints).
 # `path` is a local absolute path or a URI (s3://bucket/key); an object store writes each object whole.
 
-def _fs_and_path(path: str):
+def filesystem(path: str):
+    """(None, path) for a local path; (pyarrow filesystem, bucket/key) for a URI (s3://bucket/key)."""
     store = parse_storage_uri(path)
     if store is None:
         return None, path
@@ -269,9 +321,9 @@ def _fs_and_path(path: str):
 
 
 def write_file(path: str, data: bytes) -> None:
-    fs, p = _fs_and_path(path)
+    fs, p = filesystem(path)
     if fs is None:
-        from distributed.io import write_bytes_atomic
+        from distributed.files import write_bytes_atomic
         write_bytes_atomic(p, data)
         return
     with fs.open_output_stream(p) as f:
@@ -279,7 +331,7 @@ def write_file(path: str, data: bytes) -> None:
 
 
 def read_file(path: str) -> bytes:
-    fs, p = _fs_and_path(path)
+    fs, p = filesystem(path)
     if fs is None:
         return Path(p).read_bytes()
     with fs.open_input_stream(p) as f:
@@ -288,7 +340,7 @@ def read_file(path: str) -> bytes:
 
 def list_dir(path: str) -> list[str]:
     """Names directly under `path` (files and directories); [] when it does not exist."""
-    fs, p = _fs_and_path(path)
+    fs, p = filesystem(path)
     if fs is None:
         return sorted(os.listdir(p)) if os.path.isdir(p) else []
     import pyarrow.fs
@@ -298,7 +350,7 @@ def list_dir(path: str) -> list[str]:
 
 def remove_file(path: str) -> None:
     """Delete a file; for a local one, also its directory once it is empty (the last fold out removes it)."""
-    fs, p = _fs_and_path(path)
+    fs, p = filesystem(path)
     if fs is not None:
         fs.delete_file(p)
         return

@@ -15,10 +15,11 @@ import posixpath
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from distributed.config import FOLD_METRICS, METRIC, MODE, ExperimentConfig, apply_hparams
-from distributed.io import write_bytes_atomic, write_json_atomic
+from distributed.files import write_bytes_atomic, write_json_atomic
 
 FINAL_METRICS = ("val_acc", "val_f1", "val_loss", "train_acc", "train_loss", "train_f1")
 STATUSES = ("completed", "pruned", "errored", "running")
@@ -116,15 +117,40 @@ def relative_checkpoint(ckpt: str, run_dir: Path, remote_root: str | None = None
     return str(Path(ckpt).resolve().relative_to(Path(run_dir).resolve()))
 
 
+STATUS_ORDER = {"completed": 0, "running": 1, "pruned": 2, "errored": 3}  # the last tie-break of rank_trials
+
+
+def rank_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials best first, with a `rank` column (1 = best) and a fresh index: the one ranking of the engine
+    (best_trial, retention) and the report.
+
+    Completed trials by the metric (MODE), then the others by the epochs they reached and their last fold-mean
+    metric (a pruned trial's value comes from fewer epochs, so it never outranks a completed one), then by
+    STATUS_ORDER. A missing value ranks last in its group; equal values keep the table's order (trial id)."""
+    df = trials.copy()
+    if df.empty:
+        df.insert(0, "rank", np.arange(1, len(df) + 1))
+        return df.reset_index(drop=True)
+    unfinished = df.status != "completed"
+    df["_status"] = df.status.map(STATUS_ORDER).fillna(len(STATUS_ORDER))
+    df["_metric"] = df[METRIC] if MODE == "max" else -df[METRIC]
+    df["_unfinished"] = unfinished
+    df["_epochs"] = df.epochs_run.where(unfinished, 0)  # completed: all ran the full budget, the metric decides
+    df = df.sort_values(["_unfinished", "_epochs", "_metric", "_status"],
+                        ascending=[True, False, False, True], na_position="last", kind="stable")
+    df = df.drop(columns=["_status", "_metric", "_unfinished", "_epochs"]).reset_index(drop=True)
+    df.insert(0, "rank", np.arange(1, len(df) + 1))
+    return df
+
+
 def best_trial(trials: pd.DataFrame) -> pd.Series | None:
-    """The best trial by the one metric, among trials that ran the full budget (others are not comparable)."""
-    if trials.empty:
+    """The best trial by the one metric, among trials that ran the full budget (others are not comparable):
+    rank_trials' first completed trial with a value."""
+    ranked = rank_trials(trials)
+    if ranked.empty:
         return None
-    done = trials[trials.status == "completed"].dropna(subset=[f"{METRIC}"])
-    if done.empty:
-        return None
-    ordered = done.sort_values(METRIC, ascending=(MODE == "min"), kind="stable")
-    return ordered.iloc[0]
+    done = ranked[(ranked.status == "completed") & ranked[METRIC].notna()]
+    return None if done.empty else done.iloc[0].drop("rank")
 
 
 def make_summary(cfg: ExperimentConfig, trials: pd.DataFrame, epochs: pd.DataFrame, meta: dict, wall_s: float) -> dict:

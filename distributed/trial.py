@@ -1,4 +1,4 @@
-"""The Tune trial: a thin, torch-free client of the slots.
+"""The trial-side client of the slots: the function each Tune trial runs, thin and torch-free.
 
 It hands its hyperparameters to the coordinator, which queues them for the next free slot, and relays every
 epoch the slot's K folds finish (fold-mean, fold-std, per-fold lists and the epoch's checkpoint directory)

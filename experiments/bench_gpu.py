@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench_common import flops_per_image, matmul_peak
 from distributed.config import PRESETS, ModelConfig, TrainConfig
 from distributed.folds import make_folds
 
@@ -62,6 +63,8 @@ LEVERS = (
 def fold_worker(rank: int, k: int, shared: dict, model_cfg: ModelConfig, train_cfg: TrainConfig,
                 epochs: int, device_name: str, chunk: str, cudnn: bool, barrier, results) -> None:
     """One fold of the harness: the engine's fold loop for `epochs` epochs; puts (rank, per-epoch dicts)."""
+    from distributed.checkpoints import fold_seed
+    from distributed.config import ExperimentConfig
     from distributed.cv import fold_split
     from distributed.model import make_model
     from distributed.train import evaluate, make_optimizer, steps_per_epoch, train_one_epoch
@@ -70,7 +73,7 @@ def fold_worker(rank: int, k: int, shared: dict, model_cfg: ModelConfig, train_c
     torch.backends.cudnn.benchmark = cudnn
     if device.type == "cpu":
         torch.set_num_threads(1)
-    torch.manual_seed(0 * 1000 + fold)  # the engine's: fold_seed * 1000 + fold (fold_seed 0, as in split())
+    torch.manual_seed(fold_seed(ExperimentConfig(), fold))  # the engine's seed (fold_seed 0, as in split())
     train_idx, val_idx = fold_split(shared, fold)
     x_tr = torch.from_numpy(shared["x"][train_idx]).to(device)
     y_tr = torch.from_numpy(shared["y"][train_idx]).to(device)
@@ -130,30 +133,12 @@ def shared_epochs(shared: dict, model_cfg: ModelConfig, train_cfg: TrainConfig, 
             "mps": daemon is not None, "processes": k * trials}
 
 
-def step_flops(model_cfg: ModelConfig, device, train: bool, batch: int = 64) -> float:
-    """FLOPs per image that FlopCounterMode counts: forward + backward of a training step (train=True),
-    or one eval forward."""
-    import torch.nn.functional as F
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from distributed.model import make_model
-    model = make_model(model_cfg, device).train(train)
-    x = torch.randn(batch, 1, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
-    with FlopCounterMode(display=False) as counter:
-        if train:
-            F.cross_entropy(model(x), torch.randint(0, 10, (batch,), device=device)).backward()
-        else:
-            with torch.no_grad():
-                model(x)
-    return counter.get_total_flops() / batch
-
-
 def mfu(model_cfg: ModelConfig, train_cfg: TrainConfig, run: dict, peak: float, device) -> dict:
     """Model FLOP/s of all the folds of a harness run over `peak`: training steps plus validation, both flip
     views with TTA."""
     views = 2 if train_cfg.tta_flip else 1
-    per_fold = (step_flops(model_cfg, device, True) * run["train_n"]
-                + step_flops(model_cfg, device, False) * views * run["val_n"])
+    per_fold = (flops_per_image(model_cfg, device, train=True) * run["train_n"]
+                + flops_per_image(model_cfg, device, train=False) * views * run["val_n"])
     flop_s = per_fold * run["processes"] / run["epoch_s"]
     return {"mfu": flop_s / peak, "model_flop_s": flop_s, "flops_per_fold_epoch": per_fold}
 
@@ -187,7 +172,7 @@ def split(data, k: int = 5, seed: int = 0) -> dict:
             "folds": make_folds(data.train_y, k, seed)}
 
 
-def bench_gpu(data, device, quick: bool, peak_fn, say=print) -> tuple[dict, dict, dict]:
+def bench_gpu(data, device, quick: bool, say=print) -> tuple[dict, dict, dict]:
     """The gpu group: (figures, details, reasons for null figures). quick: one epoch of each, on 6,000 images,
     and no full search (checks the plumbing, on any device)."""
     t0 = time.monotonic()
@@ -198,7 +183,7 @@ def bench_gpu(data, device, quick: bool, peak_fn, say=print) -> tuple[dict, dict
     epochs = 1 if quick else 2
     details = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                "cuda": torch.version.cuda, "torch": torch.__version__, "levers": [], "configs": {}}
-    peak = peak_fn(device, 8192 if device.type == "cuda" else 1024, 10 if device.type == "cuda" else 3)
+    peak = matmul_peak(device, 8192 if device.type == "cuda" else 1024, 10 if device.type == "cuda" else 3)
     details["peak_flop_s"] = peak
     model_c, train_c = CONFIGS["C"]
     for label, lever in (LEVERS[:1] + LEVERS[-1:] if quick else LEVERS):

@@ -21,7 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from distributed.cli import ArgumentParser, elapsed_log, fail  # noqa: E402
-from distributed.config import ConfigError  # noqa: E402
+from distributed.config import EXIT_FAILURE, EXIT_OK, ConfigError  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -56,13 +56,13 @@ def main(argv=None) -> int:
         meta = export.export(plan, refit=args.refit, refit_gpu=refit_gpu, log=log)
     except export.ParityError as e:
         print(f"export.py: refused, nothing written: {e}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     for name, m in meta["models"].items():
         log(f"{name}: test accuracy {m['test_acc']:.4f}, {m['params']:,} parameters, "
             f"{m['latency_ms']['batch_1']:.2f} ms/image at batch 1 (onnxruntime, CPU)")
     print(f"model: {plan.out}  (model card: {plan.out / 'MODEL_CARD.md'}; classify: "
           f"python experiments/predict.py {plan.out} IMAGE...)")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

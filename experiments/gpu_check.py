@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from distributed.cli import ArgumentParser, fail  # noqa: E402
+from distributed.config import EXIT_FAILURE, EXIT_OK  # noqa: E402
 
 PROG = "gpu_check.py"
 FOLDS = 5
@@ -331,7 +332,7 @@ def main(argv=None) -> int:
           + (f"; logs in {ctx.work}/logs" if failed or args.work_dir else ""), flush=True)
     if not failed and not args.work_dir:
         shutil.rmtree(ctx.work, ignore_errors=True)
-    return 1 if failed else 0
+    return EXIT_FAILURE if failed else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from distributed.cli import ArgumentParser, elapsed_log, fail  # noqa: E402
-from distributed.config import ConfigError  # noqa: E402
+from distributed.config import EXIT_OK, ConfigError  # noqa: E402
 
 
 def umap_samples(text: str) -> int:
@@ -48,10 +48,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    from analysis import evaluate, tables
+    from analysis import evaluate, run_tables
     from distributed import storage
     try:  # all bad input is found here, before anything is computed or written
-        run = tables.load_run(storage.fetch_run(args.run_dir))  # s3:// and gs:// runs: a local copy first
+        run = run_tables.load_run(storage.fetch_run(args.run_dir))  # s3:// and gs:// runs: a local copy first
         if storage.fetch_checkpoint(run.run_dir, run.config.storage_path, run.config.name,
                                     run.summary["best_checkpoint"]):
             log(f"fetched the best trial's fold checkpoints from {run.config.storage_path}")
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
 
     from analysis.html import page
     from analysis.sections import Options, build
-    from distributed.io import write_bytes_atomic, write_json_atomic
+    from distributed.files import write_bytes_atomic, write_json_atomic
 
     from distributed.lock import writing_note
     if note := writing_note(run.run_dir):
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     log(f"test accuracy {metrics['test_acc']:.4f} (ensemble), out-of-fold {metrics['oof_val_acc']:.4f}; "
         f"CLIP {'included' if metrics['clip'] else 'not included'}")
     print(f"report: {out / 'report.html'}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

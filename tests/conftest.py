@@ -41,7 +41,7 @@ def fmnist():
 @pytest.fixture(scope="session")
 def ray_local():
     import ray
-    from distributed.tuner import init_ray
+    from distributed.ray_init import init_ray
     if not ray.is_initialized():
         init_ray(None, num_cpus=2, log_to_driver=False, configure_logging=False)
     yield ray

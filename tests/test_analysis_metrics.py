@@ -1,5 +1,5 @@
-"""Metric helpers (analysis.metrics) and the corrected resampled t-test (analysis.stats) on inputs with
-known answers."""
+"""Metric helpers (analysis.metrics), the corrected resampled t-test (distributed.stats) and the report's
+comparison built on it (analysis.stats) on inputs with known answers."""
 from __future__ import annotations
 
 import math
@@ -10,8 +10,9 @@ import torch
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from analysis import metrics
-from analysis.stats import compare_to_best, corrected_resampled_ttest
+from analysis.stats import compare_to_best
 from distributed.config import CLASS_NAMES
+from distributed.stats import corrected_resampled_ttest
 from distributed.train import macro_f1 as torch_macro_f1
 
 

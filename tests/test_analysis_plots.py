@@ -11,12 +11,12 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection, PathCollection
 
-from analysis import html, plots_curves, plots_eval, plots_search, search
+from analysis import html, optuna_study, plots_curves, plots_eval, plots_search
 from analysis.embeddings import plot_umap_pair, sample_indices
 from analysis.metrics import confusion_matrix, summarize
 from analysis.stats import compare_to_best
 from analysis.style import DPI, to_png
-from analysis.tables import Run, format_value
+from analysis.run_tables import Run, format_value
 from distributed.config import CLASS_NAMES, PRESETS, SEARCHABLE
 from distributed.search import define_space
 
@@ -157,14 +157,14 @@ DISTS = {"lr": optuna.distributions.FloatDistribution(3e-4, 1e-2, log=True),
 
 def test_study_at_epoch_values_are_fold_means_at_that_epoch(tmp_path):
     run = synthetic_run(tmp_path)
-    study = search.study_at_epoch(run, DISTS, epoch=1)
+    study = optuna_study.study_at_epoch(run, DISTS, epoch=1)
     values = {t.user_attrs["trial_id"]: t.value for t in study.trials}
     assert values == pytest.approx({"a": 0.35, "b": 0.25, "c": 0.1, "d": 0.45})
     assert study.trials[0].params.keys() == {"lr", "dropout"}
-    assert list(search.study_at_epoch(run, DISTS, epoch=2).trials[0].user_attrs.values()) == ["a"]
-    imp = search.param_importances(study)
+    assert list(optuna_study.study_at_epoch(run, DISTS, epoch=2).trials[0].user_attrs.values()) == ["a"]
+    imp = optuna_study.param_importances(study)
     assert set(imp.index) == {"lr", "dropout"} and imp.sum() == pytest.approx(1.0)
-    assert search.param_importances(search.study_at_epoch(run, DISTS, epoch=2)).empty  # one trial
+    assert optuna_study.param_importances(optuna_study.study_at_epoch(run, DISTS, epoch=2)).empty  # one trial
     fig = plots_search.plot_parallel_coordinates(study, epoch=1)
     assert tick_labels(fig.axes[0].xaxis) == ["lr", "dropout", "val acc @ epoch 1"]
     trial_lines = [line for line in fig.axes[0].lines if len(line.get_xdata()) == 3]  # not the axis rules
@@ -182,10 +182,10 @@ def test_start_order_matches_trials_to_optuna_numbers(tmp_path):
         row = run.trials.set_index("trial_id").loc[tid]
         stored.add_trial(optuna.trial.create_trial(
             params={"lr": float(row.config_lr), "dropout": float(row.config_dropout)}, distributions=DISTS, value=0.5))
-    order = search.start_order(stored, run)
+    order = optuna_study.start_order(stored, run)
     assert order.to_dict() == {"b": 0, "a": 1, "c": 2, "d": 3}
-    assert search.start_order(None, run).to_dict() == {"a": 0, "d": 1, "b": 2, "c": 3}
-    assert search.distributions(stored) == DISTS
+    assert optuna_study.start_order(None, run).to_dict() == {"a": 0, "d": 1, "b": 2, "c": 3}
+    assert optuna_study.distributions(stored) == DISTS
 
 
 def drawn(fig):
@@ -254,7 +254,7 @@ def full_space_study(n_trials: int = 12) -> optuna.Study:
 
 @pytest.mark.parametrize("space", ["full", "two"])
 def test_parallel_coordinates_labels_clear_every_axis_line(space, tmp_path):
-    study = full_space_study() if space == "full" else search.study_at_epoch(synthetic_run(tmp_path), DISTS, epoch=1)
+    study = full_space_study() if space == "full" else optuna_study.study_at_epoch(synthetic_run(tmp_path), DISTS, epoch=1)
     fig = plots_search.plot_parallel_coordinates(study, epoch=1)
     renderer = drawn(fig)
     ax = fig.axes[0]

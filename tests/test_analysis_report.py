@@ -20,7 +20,7 @@ from sklearn.metrics import f1_score
 
 from analysis.browser import find_chromium, inspect_page
 from analysis.sections import SECTION_TITLES
-from analysis.tables import deepest_shared_epoch
+from analysis.run_tables import deepest_shared_epoch
 from distributed.config import CLASS_NAMES
 from conftest import load_script
 
@@ -145,13 +145,13 @@ def test_report_in_headless_chromium(report, tmp_path):
 def test_recomputed_oof_equals_the_recorded_one(run_copy, tmp_path):
     """Without the fold workers' oof_fold_<k>.npz, the report recomputes the OOF predictions from the
     checkpoints; on the CPU they must be the same predictions."""
-    from analysis import evaluate, tables
-    run = tables.load_run(run_copy)
+    from analysis import evaluate, run_tables
+    run = run_tables.load_run(run_copy)
     data = evaluate.load_data(run)
     recorded = evaluate.evaluate_best(run, data, ["cpu"] * run.folds)
     bare = tmp_path / "run"
     shutil.copytree(run_copy, bare, ignore=shutil.ignore_patterns("oof_fold_*.npz", "report"))
-    recomputed = evaluate.evaluate_best(tables.load_run(bare), data, ["cpu"] * run.folds)
+    recomputed = evaluate.evaluate_best(run_tables.load_run(bare), data, ["cpu"] * run.folds)
     assert (recorded.oof_source, recomputed.oof_source) == ("recorded", "recomputed")
     np.testing.assert_array_equal(recorded.oof_index, recomputed.oof_index)
     np.testing.assert_array_equal(recorded.oof_fold, recomputed.oof_fold)

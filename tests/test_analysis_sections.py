@@ -1,5 +1,5 @@
 """Report assembly without Ray: metrics.json from a synthetic evaluation, and the optional CLIP section
-(absent, present through analysis.clip.report_section, or failing)."""
+(absent, present through analysis.clip_report.report_section, or failing)."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import analysis
-from analysis import sections
+from analysis import sections_eval, sections_search
 from analysis.evaluate import Evaluation
+from analysis.metrics_json import metrics_json, score, size_metrics
 from distributed.config import CLASS_NAMES
 
 
@@ -36,8 +37,8 @@ class FakeRun:
 
 def test_metrics_json_numbers_come_from_the_confusion_matrices():
     ev = synthetic_evaluation()
-    scores = sections.score(ev)
-    m = json.loads(json.dumps(sections.metrics_json(FakeRun(), ev, scores, None)))  # JSON-serialisable
+    scores = score(ev)
+    m = json.loads(json.dumps(metrics_json(FakeRun(), ev, scores, None)))  # JSON-serialisable
     cm = np.array(m["confusion_test"])
     assert cm.sum() == 1000 and np.array(m["confusion_oof"]).sum() == 300
     assert m["test_acc"] == pytest.approx(np.mean(ev.test_probs.argmax(1) == ev.test_true))
@@ -47,7 +48,7 @@ def test_metrics_json_numbers_come_from_the_confusion_matrices():
     assert list(m["per_class"]) == list(CLASS_NAMES) and m["clip"] is None
     assert m["tta_flip"] is False
     tta = dataclasses.replace(ev, tta_flip=True)
-    assert sections.metrics_json(FakeRun(), tta, sections.score(tta), None)["tta_flip"] is True
+    assert metrics_json(FakeRun(), tta, score(tta), None)["tta_flip"] is True
 
 
 def metrics_of(scores) -> dict:
@@ -56,15 +57,15 @@ def metrics_of(scores) -> dict:
 
 
 def _fake_clip(monkeypatch, report_section):
-    module = types.ModuleType("analysis.clip")
-    module.__spec__ = importlib.machinery.ModuleSpec("analysis.clip", None)
+    module = types.ModuleType("analysis.clip_report")
+    module.__spec__ = importlib.machinery.ModuleSpec("analysis.clip_report", None)
     module.report_section = report_section
-    monkeypatch.setitem(sys.modules, "analysis.clip", module)
-    monkeypatch.setattr(analysis, "clip", module, raising=False)
+    monkeypatch.setitem(sys.modules, "analysis.clip_report", module)
+    monkeypatch.setattr(analysis, "clip_report", module, raising=False)
 
 
 def test_clip_section_without_results_says_how_to_make_them(tmp_path):
-    sec, metrics = sections.clip_section(tmp_path, sections.score(synthetic_evaluation()), print)
+    sec, metrics = sections_eval.clip_section(tmp_path, score(synthetic_evaluation()), print)
     assert metrics is None
     assert f"python experiments/clip_zeroshot.py --run-dir {tmp_path}" in sec.render()
 
@@ -81,8 +82,8 @@ def test_clip_section_embeds_the_fragment_and_compares(tmp_path, monkeypatch, sp
                 "metrics": {"model": "ViT-B-32", "pretrained": "laion2b", "acc": 0.63, "macro_f1": 0.6, "extra": 1}}
 
     _fake_clip(monkeypatch, report_section)
-    scores = sections.score(synthetic_evaluation())
-    sec, metrics = sections.clip_section(tmp_path, scores, print)
+    scores = score(synthetic_evaluation())
+    sec, metrics = sections_eval.clip_section(tmp_path, scores, print)
     assert metrics == {"model": "ViT-B-32", "pretrained": "laion2b", "acc": 0.63, "macro_f1": 0.6}
     assert seen["dir"] == tmp_path / "clip"
     if split == "train":  # the CNN's numbers are on the test split: no comparison on another split
@@ -102,7 +103,7 @@ def test_a_failing_clip_section_leaves_a_note_not_a_crash(tmp_path, monkeypatch)
 
     _fake_clip(monkeypatch, broken)
     lines = []
-    sec, metrics = sections.clip_section(tmp_path, sections.score(synthetic_evaluation()), lines.append)
+    sec, metrics = sections_eval.clip_section(tmp_path, score(synthetic_evaluation()), lines.append)
     assert metrics is None and "The CLIP section failed: KeyError" in sec.render()
     assert lines and lines[0].startswith("warning: CLIP section failed")
 
@@ -114,7 +115,7 @@ def search_run(tmp_path, completed: int):
 
     import pandas as pd
 
-    from analysis.tables import Run, rank_trials
+    from analysis.run_tables import Run, rank_trials
     from distributed.config import PRESETS
     from test_analysis_tables import synthetic_epochs
 
@@ -142,7 +143,7 @@ def test_search_section_shows_accuracy_against_size(tmp_path):
     (tmp_path / "model" / "model.json").write_text(json.dumps(
         {"trial_id": "narrow", "models": {"ensemble": {"latency_ms": {"batch_1": 0.5, "batch_256": 0.01}}}}))
     size = pareto.size_table(run)
-    sec = sections.search_section(run, print, size)
+    sec = sections_search.search_section(run, print, size)
     assert sec.figures["accuracy_vs_size"][:8] == b"\x89PNG\r\n\x1a\n"
     table = sec.tables["accuracy_vs_size"]
     assert table.trial_id.tolist() == ["narrow", "mid", "wide"]  # completed only, smallest first
@@ -155,16 +156,16 @@ def test_search_section_shows_accuracy_against_size(tmp_path):
     assert f"<code>python experiments/export.py {tmp_path} --trial narrow</code>" in page
     assert "measured only for the exported trial narrow" in page
     assert "<td>0.500</td>" in page  # its latency, in the shown table
-    assert sections.size_metrics(size) == {"front": ["narrow", "wide"],
+    assert size_metrics(size) == {"front": ["narrow", "wide"],
                                            "smallest_within_half_point": {"trial_id": "narrow", "params": narrow}}
-    assert json.loads(json.dumps(sections.metrics_json(FakeRun(), synthetic_evaluation(), sections.score(
-        synthetic_evaluation()), None, sections.size_metrics(size))))["size"]["front"] == ["narrow", "wide"]
+    assert json.loads(json.dumps(metrics_json(FakeRun(), synthetic_evaluation(), score(
+        synthetic_evaluation()), None, size_metrics(size))))["size"]["front"] == ["narrow", "wide"]
 
 
 def test_accuracy_against_size_with_one_completed_trial(tmp_path):
     from analysis import pareto
     run = search_run(tmp_path, completed=1)
-    sec = sections.search_section(run, print, pareto.size_table(run))
+    sec = sections_search.search_section(run, print, pareto.size_table(run))
     assert "accuracy_vs_size" in sec.figures and sec.tables["accuracy_vs_size"].trial_id.tolist() == ["wide"]
     page = sec.render()
     assert "Only one trial completed its full budget (trial wide:" in page

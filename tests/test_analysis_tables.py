@@ -1,4 +1,4 @@
-"""Table views of a run (analysis.tables), the layer table (analysis.architecture), and the inference
+"""Table views of a run (analysis.run_tables), the layer table (analysis.architecture), and the inference
 device plan and OOF checks (analysis.evaluate), on small synthetic inputs with known answers."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import tables
+from analysis import run_tables
 from analysis.architecture import layer_table
 from analysis.evaluate import RunData, inference_devices, read_recorded_oof
 from distributed.config import ConfigError, ModelConfig
@@ -29,7 +29,7 @@ def synthetic_epochs(curves: dict[str, list[list[float]]]) -> pd.DataFrame:
 
 def test_fold_band_of_known_curves():
     epochs = synthetic_epochs({"t": [[0.1, 0.2, 0.3], [0.5, 0.5, 0.5], [0.6, 0.8, 0.7]]})
-    band = tables.fold_band(epochs, "t", "val_acc")
+    band = run_tables.fold_band(epochs, "t", "val_acc")
     assert band.epoch.tolist() == [1, 2, 3]
     np.testing.assert_allclose(band["mean"], [0.2, 0.5, 0.7])
     np.testing.assert_allclose(band["std"], [0.1, 0.0, 0.1])  # ddof=1, as the engine reports fold std
@@ -40,7 +40,7 @@ def test_fold_band_of_known_curves():
 
 def test_fold_mean_curves_average_over_folds():
     epochs = synthetic_epochs({"a": [[0.2, 0.4]], "b": [[0.5, 0.7], [0.6, 0.8]]})
-    curves = tables.fold_mean_curves(epochs).set_index(["trial_id", "epoch"])
+    curves = run_tables.fold_mean_curves(epochs).set_index(["trial_id", "epoch"])
     assert curves.loc[("a", 1), "val_acc_mean"] == pytest.approx(0.3)
     assert curves.loc[("b", 2), "val_loss_mean"] == pytest.approx(0.3)
     assert curves.loc[("b", 2), "val_acc_std"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
@@ -50,13 +50,13 @@ def test_values_and_deepest_shared_epoch():
     epochs = synthetic_epochs({"a": [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]], "b": [[0.2, 0.2], [0.4, 0.4]],
                                "c": [[0.3, 0.1]]})
     epochs = epochs[~((epochs.trial_id == "b") & (epochs.epoch == 2) & (epochs.fold == 1))]  # b lost a fold
-    assert tables.deepest_shared_epoch(epochs, folds=2, min_trials=3) == 1
-    assert tables.deepest_shared_epoch(epochs, folds=2, min_trials=2) == 1  # b's epoch 2 lacks fold 1
-    assert tables.deepest_shared_epoch(epochs, folds=2, min_trials=1) == 3
-    assert tables.deepest_shared_epoch(epochs, folds=2, min_trials=4) is None
-    at1 = tables.values_at_epoch(epochs, 1, folds=2)
+    assert run_tables.deepest_shared_epoch(epochs, folds=2, min_trials=3) == 1
+    assert run_tables.deepest_shared_epoch(epochs, folds=2, min_trials=2) == 1  # b's epoch 2 lacks fold 1
+    assert run_tables.deepest_shared_epoch(epochs, folds=2, min_trials=1) == 3
+    assert run_tables.deepest_shared_epoch(epochs, folds=2, min_trials=4) is None
+    at1 = run_tables.values_at_epoch(epochs, 1, folds=2)
     assert at1.loc["c"].tolist() == [0.3, 0.1] and list(at1.columns) == ["fold0", "fold1"]
-    assert list(tables.values_at_epoch(epochs, 2, folds=2).index) == ["a"]
+    assert list(run_tables.values_at_epoch(epochs, 2, folds=2).index) == ["a"]
 
 
 def test_rank_trials_puts_completed_first_then_by_epochs_reached():
@@ -65,15 +65,15 @@ def test_rank_trials_puts_completed_first_then_by_epochs_reached():
         "status": ["pruned", "completed", "pruned", "completed", "errored"],
         "epochs_run": [1, 9, 3, 9, 0],
         "val_acc_mean": [0.95, 0.80, 0.70, 0.85, None]})
-    ranked = tables.rank_trials(trials)
+    ranked = run_tables.rank_trials(trials)
     assert ranked.trial_id.tolist() == ["c2", "c1", "p3", "p1", "e"]
     assert ranked["rank"].tolist() == [1, 2, 3, 4, 5]
 
 
 def test_format_value_uses_scientific_for_log_scale_hyperparameters():
-    assert tables.format_value("lr", 0.0123) == "1.23e-02"
-    assert tables.format_value("dropout", 0.41174) == "0.412"
-    assert tables.format_value("batch_size", 128) == "128"
+    assert run_tables.format_value("lr", 0.0123) == "1.23e-02"
+    assert run_tables.format_value("dropout", 0.41174) == "0.412"
+    assert run_tables.format_value("batch_size", 128) == "128"
 
 
 @pytest.mark.parametrize("cfg", [ModelConfig(width=8, depth=2, convs_per_block=1, fc_width=32),
@@ -138,7 +138,7 @@ def _write_run(path, summary_changes=None, trials=None):
     from distributed.config import PRESETS, save
     path.mkdir()
     save(PRESETS["smoke"], path / "config.json")
-    summary = {k: None for k in tables.SUMMARY_KEYS}
+    summary = {k: None for k in run_tables.SUMMARY_KEYS}
     summary.update({"name": "x", "folds": 2, "max_epochs": 3, "best_trial_id": "c1", **(summary_changes or {})})
     (path / "summary.json").write_text(json.dumps(summary))
     trials = trials if trials is not None else pd.DataFrame(
@@ -150,20 +150,20 @@ def _write_run(path, summary_changes=None, trials=None):
 
 def test_load_run_rejects_bad_directories(tmp_path):
     with pytest.raises(ConfigError, match="no such directory"):
-        tables.load_run(tmp_path / "nope")
+        run_tables.load_run(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="not a run directory"):
-        tables.load_run(tmp_path / "empty")
-    run = tables.load_run(_write_run(tmp_path / "ok"))
+        run_tables.load_run(tmp_path / "empty")
+    run = run_tables.load_run(_write_run(tmp_path / "ok"))
     assert run.best_trial_id == "c1" and run.trials["rank"].tolist() == [1]
     with pytest.raises(ConfigError, match="no trial completed its full budget of 3 epochs"):
-        tables.load_run(_write_run(tmp_path / "none", {"best_trial_id": None}))
+        run_tables.load_run(_write_run(tmp_path / "none", {"best_trial_id": None}))
     with pytest.raises(ConfigError, match="not in trials.parquet"):
-        tables.load_run(_write_run(tmp_path / "other", {"best_trial_id": "zz"}))
+        run_tables.load_run(_write_run(tmp_path / "other", {"best_trial_id": "zz"}))
     bad = _write_run(tmp_path / "corrupt")
     (bad / "summary.json").write_text('{"name": ')
     with pytest.raises(ConfigError, match="corrupt summary.json"):
-        tables.load_run(bad)
+        run_tables.load_run(bad)
     (bad / "summary.json").write_text("{}")
     with pytest.raises(ConfigError, match="missing keys"):
-        tables.load_run(bad)
+        run_tables.load_run(bad)

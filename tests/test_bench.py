@@ -1,17 +1,27 @@
-"""experiments/bench.py: the overhead arithmetic on a hand-made run directory, and a real `--quick` run
-checked for a well-formed bench.json (keys, types, ranges). No timing is asserted anywhere."""
+"""experiments/bench.py and its group modules (experiments/bench_*.py): the overhead arithmetic on a hand-made
+run directory, and a real `--quick` run checked for a well-formed bench.json (keys, types, ranges). No timing
+is asserted anywhere."""
 import argparse
 import json
 import math
 
 import pandas as pd
 import pytest
+import torch
 
 from distributed import config
+from distributed.cli import ArgumentParser, add_config_flags, config_from_args
 
 from conftest import load_script
 
-bench = load_script("bench")
+bench = load_script("bench")  # puts experiments/ on sys.path: its group modules import by name
+import bench_accuracy  # noqa: E402
+import bench_common  # noqa: E402
+import bench_ensemble  # noqa: E402
+import bench_goals  # noqa: E402
+import bench_gpu  # noqa: E402
+import bench_racing  # noqa: E402
+import bench_search  # noqa: E402
 
 TOP_LEVEL = {"throughput_img_s", "throughput_vs_compute_only", "throughput_vs_seed_pipeline", "mfu",
              "overhead_fraction", "asha_epoch_ratio", "asha_acc_gap", "time_to_93_s", "best_test_acc_15min",
@@ -43,7 +53,7 @@ def test_overhead_from_run_splits_wall_time(tmp_path):
     pd.DataFrame(rows).to_parquet(tmp_path / "epochs.parquet")
     (tmp_path / "summary.json").write_text(json.dumps(
         {"wall_s": 100.0, "n_trials": 2, "epochs_run_total": 4, "best_cv": {"val_acc_mean": 0.9}}))
-    o = bench.overhead_from_run(tmp_path)
+    o = bench_search.overhead_from_run(tmp_path)
     assert o["compute_s"] == pytest.approx(35.0)  # the slowest fold of each epoch: 10 + 10 + 10 + 5
     assert o["overhead_fraction"] == pytest.approx(0.65)
     assert o["worker_start_s"] == pytest.approx(40.0)
@@ -58,7 +68,7 @@ def test_train_flops_of_the_seed_model_match_its_convolutions():
     macs = [28 * 28 * 32 * 1 * 9, 28 * 28 * 32 * 32 * 9, 14 * 14 * 64 * 32 * 9, 14 * 14 * 64 * 64 * 9,
             64 * 7 * 7 * 512, 512 * 10]
     expected = 2 * (3 * sum(macs) - macs[0])
-    assert bench.train_flops_per_image(bench.SEED_MODEL, bench.torch.device("cpu")) == pytest.approx(expected, rel=1e-6)
+    assert bench_common.flops_per_image(bench_common.SEED_MODEL, torch.device("cpu")) == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.slow  # 374 s on the fresh-clone run; CI's make test was 39 min (`make test-all` runs it)
@@ -128,7 +138,7 @@ def test_racing_figures_give_regret_against_fifo_and_count_the_stops_of_fifos_fi
             "asha": racing_run(17, 0.87, [(0.5, done, 16), (0.7, pruned, 1)]),
             "fold-asha": racing_run(32, 0.89, [(0.5, done, 16), (0.6, pruned, 4), (0.8, done, 16)])},
     }
-    figures, details, reasons = bench.racing_figures(runs)
+    figures, details, reasons = bench_racing.racing_figures(runs)
     seed0 = details["per_seed"][0]
     assert (seed0["asha"]["epochs"], seed0["asha"]["best"], seed0["asha"]["stopped_fifo_winner"]) == (24, 0.86, True)
     assert seed0["asha"]["regret"] == pytest.approx(0.02) and seed0["asha"]["fifo_first_shared"] == {"lr": 0.003}
@@ -149,15 +159,15 @@ def test_racing_figures_give_regret_against_fifo_and_count_the_stops_of_fifos_fi
     assert figures == pytest.approx({"racing_epoch_ratio": 1.5, "racing_regret_asha": 0.02, "racing_regret_fold_asha": 0.01,
                                      "racing_asha_stops_fifo_winner": 1, "racing_fold_asha_stops_fifo_winner": 1})
     assert reasons == {}
-    table = bench.racing_table(details)
+    table = bench_racing.racing_table(details)
     assert "| asha | 20 [17, 24] | 0.8600 [0.8000, 0.8700] | +0.0200 [+0.0000, +0.0300] | 1 of 3 | 1 of 3 |" in table
     assert "| fold-asha | 32 [20, 36] |" in table and "| 1 of 3 | 0 of 3 |" in table
     # a goal relative to another figure: half of ASHA's median regret
-    met = {key: check for key, _, _, check in bench.GOALS}["racing_regret_fold_asha"]
-    assert bench.goal_met(met, 0.01, figures) and not bench.goal_met(met, 0.011, figures)
+    met = {key: check for key, _, _, check in bench_goals.GOALS}["racing_regret_fold_asha"]
+    assert bench_goals.goal_met(met, 0.01, figures) and not bench_goals.goal_met(met, 0.011, figures)
     # no search completed a trial: no regret, and why
     none = {0: {s: racing_run(10, None, [(0.1, "pruned", 1)]) for s in ("fifo", "asha", "fold-asha")}}
-    figures, details, reasons = bench.racing_figures(none)
+    figures, details, reasons = bench_racing.racing_figures(none)
     assert figures["racing_regret_fold_asha"] is None and set(reasons) == {"racing_regret_asha", "racing_regret_fold_asha"}
     assert details["per_seed"][0]["asha"]["stopped_fifo_winner"] is None  # FIFO completed nothing: no first
     assert bench.DEFAULT_GROUPS == ("throughput", "search", "hpo", "accuracy", "ensemble")
@@ -169,36 +179,36 @@ def test_racing_run_reads_a_real_search_and_finds_its_own_winner(smoke_run):
     assert code == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     trials = pd.read_parquet(run_dir / "trials.parquet")
-    run = bench.racing_run(run_dir)
+    run = bench_racing.racing_run(run_dir)
     assert (run["epochs_run_total"], run["max_epochs"]) == (summary["epochs_run_total"], summary["max_epochs"])
     assert run["best_val_acc_mean"] == summary["best_cv"]["val_acc_mean"] and run["best_trial_id"] == summary["best_trial_id"]
     assert len(run["trials"]) == len(trials) == summary["n_trials"]
     assert {t["trial_id"]: t["val_acc_mean"] for t in run["trials"]} == dict(zip(trials.trial_id, trials.val_acc_mean))
     space = json.loads((run_dir / "config.json").read_text())["search"]["space"]
     assert set(run["best_config"]) == set(space) and all(set(t["config"]) == set(space) for t in run["trials"])
-    assert bench.stopped_config(run, run["best_config"]) is False  # the winner completed: it ran max_t epochs
+    assert bench_racing.stopped_config(run, run["best_config"]) is False  # the winner completed: it ran max_t epochs
     pruned = [t for t in run["trials"] if t["status"] == "pruned"]
-    assert all(bench.stopped_config(run, t["config"]) for t in pruned)
-    assert bench.stopped_config(run, {k: -1.0 for k in space}) is None
+    assert all(bench_racing.stopped_config(run, t["config"]) for t in pruned)
+    assert bench_racing.stopped_config(run, {k: -1.0 for k in space}) is None
 
 
 def test_the_racing_group_reuses_only_a_finished_run_of_the_same_search(tmp_path):
     from dataclasses import asdict
 
-    args = bench.racing_search_args(list(bench.HPO_ARGS), 3, "fold-asha")
+    args = bench_racing.racing_search_args(list(bench_search.HPO_ARGS), 3, "fold-asha")
     assert args[-4:] == ["--search-seed", "3", "--scheduler", "fold-asha"]
     run = tmp_path / "seed3-fold-asha"
     run.mkdir()
-    parser = bench.ArgumentParser(prog="tune.py")
-    bench.add_config_flags(parser)
-    cfg = bench.config_from_args(parser.parse_args(args + ["--name", run.name]), "quick")
-    (run / "config.json").write_text(bench.json.dumps(asdict(cfg)))
-    assert not bench.matches_args(run, args)  # no summary.json: the search did not finish
+    parser = ArgumentParser(prog="tune.py")
+    add_config_flags(parser)
+    cfg = config_from_args(parser.parse_args(args + ["--name", run.name]), "quick")
+    (run / "config.json").write_text(json.dumps(asdict(cfg)))
+    assert not bench_racing.matches_args(run, args)  # no summary.json: the search did not finish
     (run / "summary.json").write_text("{}")
-    assert bench.matches_args(run, args)
-    assert not bench.matches_args(run, bench.racing_search_args(list(bench.HPO_ARGS), 4, "fold-asha"))
-    assert not bench.matches_args(run, bench.racing_search_args(list(bench.HPO_ARGS), 3, "asha"))
-    assert not bench.matches_args(run, args + ["--epochs", "8"])
+    assert bench_racing.matches_args(run, args)
+    assert not bench_racing.matches_args(run, bench_racing.racing_search_args(list(bench_search.HPO_ARGS), 4, "fold-asha"))
+    assert not bench_racing.matches_args(run, bench_racing.racing_search_args(list(bench_search.HPO_ARGS), 3, "asha"))
+    assert not bench_racing.matches_args(run, args + ["--epochs", "8"])
     assert bench.seed_list("0,2,5") == (0, 2, 5)
     for bad, why in (("0,x", "comma-separated integers"), ("1,1", "a seed is repeated")):
         with pytest.raises(argparse.ArgumentTypeError, match=why):
@@ -206,7 +216,7 @@ def test_the_racing_group_reuses_only_a_finished_run_of_the_same_search(tmp_path
 
 
 def test_the_markdown_table_shows_each_figure_against_its_goal(tmp_path):
-    out = {key: None for key, *_ in bench.GOALS}
+    out = {key: None for key, *_ in bench_goals.GOALS}
     out.update(mfu=0.61, overhead_fraction=0.5, asha_epoch_ratio=3.2, throughput_img_s=900.0,
                racing_regret_asha=0.004, racing_regret_fold_asha=0.003, racing_epoch_ratio=1.2,
                machine={"cpu": "EPYC", "cores": 2, "gpu": None},
@@ -214,7 +224,7 @@ def test_the_markdown_table_shows_each_figure_against_its_goal(tmp_path):
                notes={"full_ensemble_test_acc": "not trained here", "details": {"racing": {"seeds": [0, 1]}}})
     md = tmp_path / "BENCHMARKS.md"
     md.write_text("# Benchmarks\n\nintro\n\n<!-- bench.py table: begin -->\nstale row\n<!-- bench.py table: end -->\n\nafter\n")
-    bench.write_markdown_table(md, out)
+    bench_goals.write_markdown_table(md, out)
     text = md.read_text()
     assert text.startswith("# Benchmarks\n\nintro\n\n<!-- bench.py table: begin -->") and text.endswith("-->\n\nafter\n")
     assert "stale row" not in text and text.count("<!-- bench.py table: begin -->") == 1
@@ -230,14 +240,14 @@ def test_the_markdown_table_shows_each_figure_against_its_goal(tmp_path):
     assert rows["racing_epoch_ratio"] == ["1.2 (2 of 5 seeds: 0,1)", "<= 1.5", "yes |"]
     assert "Machine: EPYC, 2 cores, GPU: none" in text
     out["notes"]["runs"] = {"throughput": {"machine": "EPYC"}, "hpo": {"machine": "EPYC"}, "racing": {"machine": "Xeon"}}
-    assert "Machine: EPYC (throughput, hpo); Xeon (racing), 2 cores" in bench.markdown_table(out)
+    assert "Machine: EPYC (throughput, hpo); Xeon (racing), 2 cores" in bench_goals.markdown_table(out)
 
 
 @pytest.mark.parametrize("tta_flip", [False, True])
 def test_train_to_accuracy_records_the_test_curve(fmnist, tta_flip):
-    cfg = bench.TrainConfig(epochs=2, batch_size=64, lr=3e-3, tta_flip=tta_flip)
-    model = bench.ModelConfig(width=8, depth=2, convs_per_block=1, fc_width=32)
-    run = bench.train_to_accuracy(fmnist, model, cfg, bench.torch.device("cpu"), n_train=640, n_test=300)
+    cfg = config.TrainConfig(epochs=2, batch_size=64, lr=3e-3, tta_flip=tta_flip)
+    model = config.ModelConfig(width=8, depth=2, convs_per_block=1, fc_width=32)
+    run = bench_accuracy.train_to_accuracy(fmnist, model, cfg, torch.device("cpu"), n_train=640, n_test=300)
     assert (run["n_train"], run["n_test"], run["train"]["tta_flip"]) == (640, 300, tta_flip)
     curve = run["curve"]
     assert [c["epoch"] for c in curve] == [1, 2]
@@ -245,19 +255,19 @@ def test_train_to_accuracy_records_the_test_curve(fmnist, tta_flip):
     assert all(0 <= c["test_acc"] <= 1 for c in curve)
     assert all(("test_acc_no_tta" in c) == tta_flip for c in curve)
     assert run["best_within_budget"] == max(c["test_acc"] for c in curve)  # 2 epochs: well within 15 minutes
-    assert run["time_to_target_s"] is None and max(c["test_acc"] for c in curve) < bench.TARGET_ACC
+    assert run["time_to_target_s"] is None and max(c["test_acc"] for c in curve) < bench_accuracy.TARGET_ACC
 
 
 def test_the_time_to_accuracy_recipe_uses_flip_tta():
-    assert bench.RECIPE_TRAIN.tta_flip is True and bench.RECIPE_TRAIN.label_smoothing == 0.1
+    assert bench_accuracy.RECIPE_TRAIN.tta_flip is True and bench_accuracy.RECIPE_TRAIN.label_smoothing == 0.1
 
 
 def test_tune_command_names_every_field_that_differs_from_the_preset():
     cfg = config.override(config.PRESETS["full"], name="e10", width=32, depth=2, epochs=10, lr=0.003,
                           space=(), num_samples=1)
-    assert bench.tune_command(cfg) == ('python experiments/tune.py --preset full --name e10 --width 32 --depth 2 '
+    assert bench_ensemble.tune_command(cfg) == ('python experiments/tune.py --preset full --name e10 --width 32 --depth 2 '
                                        '--epochs 10 --lr 0.003 --num-samples 1 --space ""')
-    assert bench.tune_command(bench.PRESETS["quick"]) == "python experiments/tune.py --preset quick --name quick"
+    assert bench_ensemble.tune_command(config.PRESETS["quick"]) == "python experiments/tune.py --preset quick --name quick"
 
 
 def make_full_run(run_dir, preset="full", report=True):
@@ -278,7 +288,7 @@ def make_full_run(run_dir, preset="full", report=True):
 
 def test_figure_6_is_the_reports_ensemble_test_accuracy(tmp_path):
     run = make_full_run(tmp_path / "full-e10")
-    figures, details, reasons = bench.ensemble_from_run(run)
+    figures, details, reasons = bench_ensemble.ensemble_from_run(run)
     assert figures == {"full_ensemble_test_acc": 0.9468} and reasons == {}
     assert details["command"] == "python experiments/tune.py --preset full --name full-e10 --width 32 --depth 2 --epochs 10"
     assert (details["folds"], details["n_train"], details["epochs"]) == (5, 60000, 10)
@@ -305,13 +315,12 @@ def test_bench_refuses_a_run_that_cannot_give_figure_6(tmp_path, capsys, make, m
 
 
 # ---------------------------------------------------------------- the gpu group (its plumbing, on the CPU)
-bench_gpu = bench.bench_gpu
 
 
 def test_the_gpu_group_is_asked_for_by_name_and_refused_without_cuda(capsys):
     assert "gpu" not in bench.DEFAULT_GROUPS and bench.GROUPS["gpu"] == bench_gpu.KEYS
-    assert {key for key, *_ in bench.GOALS} >= set(bench_gpu.KEYS)  # each has its row in BENCHMARKS.md
-    if bench.torch.cuda.is_available():
+    assert {key for key, *_ in bench_goals.GOALS} >= set(bench_gpu.KEYS)  # each has its row in BENCHMARKS.md
+    if torch.cuda.is_available():
         pytest.skip("refusal is for machines without CUDA")
     with pytest.raises(SystemExit) as e:
         bench.main(["--only", "gpu", "--out", "/nonexistent/bench.json"])
@@ -325,8 +334,8 @@ def test_the_fold_harness_runs_the_engines_fold_loop_in_one_process_per_fold(fmn
     epoch that each fold trained on its own part of the engine's split."""
     data = type("D", (), {"train_x": fmnist.train_x[:600], "train_y": fmnist.train_y[:600]})
     shared = bench_gpu.split(data, k=2)
-    model = bench.ModelConfig(width=4, depth=2, convs_per_block=1, fc_width=16)
-    train = bench.TrainConfig(epochs=1, batch_size=50, tta_flip=True)
+    model = config.ModelConfig(width=4, depth=2, convs_per_block=1, fc_width=16)
+    train = config.TrainConfig(epochs=1, batch_size=50, tta_flip=True)
     run = bench_gpu.shared_epochs(shared, model, train, 2, "cpu", k=2, trials=2, chunk="auto", cudnn=False)
     assert run["processes"] == 4 and len(run["epoch_s_folds"]) == 4 and run["mps"] is False
     assert run["train_n"] == 300 // 50 * 50 and run["val_n"] == 300  # each fold trains on the other's 300
@@ -335,15 +344,15 @@ def test_the_fold_harness_runs_the_engines_fold_loop_in_one_process_per_fold(fmn
 
 
 def test_mfu_counts_training_steps_and_both_tta_views_of_every_fold():
-    model, train = bench.ModelConfig(width=8, depth=2, convs_per_block=1, fc_width=32), bench.TrainConfig(tta_flip=True)
-    cpu = bench.torch.device("cpu")
-    fwd, step = bench_gpu.step_flops(model, cpu, False), bench_gpu.step_flops(model, cpu, True)
+    model, train = config.ModelConfig(width=8, depth=2, convs_per_block=1, fc_width=32), config.TrainConfig(tta_flip=True)
+    cpu = torch.device("cpu")
+    fwd, step = bench_common.flops_per_image(model, cpu, train=False), bench_common.flops_per_image(model, cpu, train=True)
     assert 2.5 * fwd < step < 3.0 * fwd  # backward: about twice the forward (the first conv needs no input grad)
     run = {"train_n": 1000, "val_n": 250, "processes": 5, "epoch_s": 2.0}
     got = bench_gpu.mfu(model, train, run, peak=1e12, device=cpu)
     assert got["flops_per_fold_epoch"] == pytest.approx(step * 1000 + fwd * 2 * 250)
     assert got["mfu"] == pytest.approx(got["flops_per_fold_epoch"] * 5 / 2.0 / 1e12)
-    no_tta = bench_gpu.mfu(model, bench.TrainConfig(tta_flip=False), run, peak=1e12, device=cpu)
+    no_tta = bench_gpu.mfu(model, config.TrainConfig(tta_flip=False), run, peak=1e12, device=cpu)
     assert no_tta["flops_per_fold_epoch"] == pytest.approx(step * 1000 + fwd * 250)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import clip
+from analysis import clip_encoders, clip_probe, clip_report, clip_retrieval, clip_weights, clip_zeroshot, metrics
 from conftest import ROOT, load_script
 from distributed.config import CLASS_NAMES, NUM_CLASSES, PRESETS, ConfigError, override, save
 
@@ -30,7 +30,7 @@ def test_batched_preprocess_matches_open_clip_pil_transform(fmnist, size):
     cfg = PreprocessCfg(size=size)
     transform = image_transform_v2(cfg, is_train=False)  # what open_clip.create_model_and_transforms returns
     reference = torch.stack([transform(Image.fromarray(a)) for a in fmnist.test_x[:24]])
-    ours = clip.preprocess(torch.tensor(fmnist.test_x[:24]), dataclasses.asdict(cfg))
+    ours = clip_encoders.preprocess(torch.tensor(fmnist.test_x[:24]), dataclasses.asdict(cfg))
     assert ours.shape == reference.shape == (24, 3, size, size)
     grey_levels = ((ours - reference) * torch.tensor(cfg.std).view(1, 3, 1, 1) * 255).abs()
     assert grey_levels.max() <= 1.01             # PIL and torch round a few half-levels differently
@@ -51,7 +51,7 @@ class OracleEncoder:
         self.sigma, self.seed = sigma, seed
 
     def encode_text(self, texts):
-        return np.stack([self.basis[clip.query_class(t)] for t in texts])
+        return np.stack([self.basis[clip_retrieval.query_class(t)] for t in texts])
 
     def encode_images(self, images, progress=None):
         noise = np.random.default_rng(self.seed).normal(size=(len(images), D))
@@ -75,7 +75,7 @@ def expected_accuracy(sigma: float) -> float:
 
 def test_oracle_encoder_at_zero_noise_is_perfect():
     images, labels = oracle_images(200)
-    zs = clip.run_zero_shot(OracleEncoder(sigma=0.0), images, labels)
+    zs = clip_zeroshot.run_zero_shot(OracleEncoder(sigma=0.0), images, labels)
     assert zs.metrics["acc"] == 1.0 and zs.metrics["macro_f1"] == 1.0
     assert np.array_equal(np.array(zs.metrics["confusion"]), np.diag(np.bincount(labels)))
     assert zs.metrics["most_confused"] == []
@@ -86,7 +86,7 @@ def test_oracle_encoder_at_zero_noise_is_perfect():
 def test_oracle_accuracy_falls_with_noise_as_predicted():
     images, labels = oracle_images(3000)
     sigmas = [0.05, 0.2, 0.3, 0.4, 0.6, 1.0, 20.0]
-    accs = [clip.run_zero_shot(OracleEncoder(s, seed=1), images, labels).metrics["acc"] for s in sigmas]
+    accs = [clip_zeroshot.run_zero_shot(OracleEncoder(s, seed=1), images, labels).metrics["acc"] for s in sigmas]
     for s, acc in zip(sigmas, accs):
         p = expected_accuracy(s)
         assert abs(acc - p) < 4 * np.sqrt(p * (1 - p) / len(labels)) + 0.005, (s, acc, p)
@@ -96,11 +96,11 @@ def test_oracle_accuracy_falls_with_noise_as_predicted():
 
 def test_permuting_class_names_permutes_the_confusion_matrix():
     images, labels = oracle_images(1000)
-    base = clip.run_zero_shot(OracleEncoder(0.45, seed=2), images, labels).metrics
+    base = clip_zeroshot.run_zero_shot(OracleEncoder(0.45, seed=2), images, labels).metrics
     perm = np.random.default_rng(0).permutation(NUM_CLASSES)      # new position i holds old class perm[i]
     inverse = np.argsort(perm)
-    variants = {CLASS_NAMES[p]: clip.CLASS_VARIANTS[CLASS_NAMES[p]] for p in perm}
-    permuted = clip.run_zero_shot(OracleEncoder(0.45, seed=2), images, inverse[labels], variants).metrics
+    variants = {CLASS_NAMES[p]: clip_zeroshot.CLASS_VARIANTS[CLASS_NAMES[p]] for p in perm}
+    permuted = clip_zeroshot.run_zero_shot(OracleEncoder(0.45, seed=2), images, inverse[labels], variants).metrics
     cm = np.array(base["confusion"])
     assert 0.3 < base["acc"] < 0.95 and np.count_nonzero(cm - np.diag(np.diag(cm))) > 20  # a non-trivial matrix
     assert np.array_equal(np.array(permuted["confusion"]), cm[np.ix_(perm, perm)])
@@ -115,22 +115,27 @@ def test_permuting_class_names_permutes_the_confusion_matrix():
     ("a shirt or a coat", None), ("a photo of a cat", None), ("topology", None),
 ])
 def test_query_class_matches_whole_words(query, expected):
-    found = clip.query_class(query)
+    found = clip_retrieval.query_class(query)
     assert (None if found is None else CLASS_NAMES[found]) == expected
 
 
 def test_retrieve_returns_best_first_and_clips_k():
     emb = np.array([[1, 0], [0.6, 0.8], [0, 1], [-1, 0]], np.float32)
-    idx, scores = clip.retrieve(np.array([1.0, 0.1]), emb, k=3)
+    idx, scores = clip_retrieval.retrieve(np.array([1.0, 0.1]), emb, k=3)
     assert idx.tolist() == [0, 1, 2] and np.all(np.diff(scores) < 0)
-    assert len(clip.retrieve(np.array([1.0, 0.0]), emb, k=10)[0]) == 4
+    assert len(clip_retrieval.retrieve(np.array([1.0, 0.0]), emb, k=10)[0]) == 4
 
 
-def test_most_confused_orders_by_count_then_cell():
+def test_most_confused_cells_are_the_reports_and_json_ready():
     cm = np.array([[5, 2, 0], [3, 4, 3], [0, 1, 9]])
-    assert clip.most_confused(cm, ("a", "b", "c"), top=3) == [
-        {"true": "b", "pred": "a", "count": 3}, {"true": "b", "pred": "c", "count": 3},
-        {"true": "a", "pred": "b", "count": 2}]
+    true = np.repeat(np.repeat(np.arange(3), 3), cm.ravel())  # one (true, pred) pair per counted image
+    pred = np.repeat(np.tile(np.arange(3), 3), cm.ravel())
+    names = ("a", "b", "c")
+    listed = clip_zeroshot.classification_metrics(true, pred, names)["most_confused"]
+    assert listed == metrics.most_confused(cm, clip_zeroshot.MOST_CONFUSED, names).to_dict("records")
+    assert [(c["true"], c["predicted"], c["count"]) for c in listed] == [
+        ("b", "c", 3), ("b", "a", 3), ("a", "b", 2), ("c", "b", 1)]  # ties as analysis.metrics orders them
+    assert json.loads(json.dumps(listed)) == listed and listed[0]["share_of_true"] == pytest.approx(0.3)
 
 
 def test_linear_probe_on_separable_features():
@@ -139,18 +144,19 @@ def test_linear_probe_on_separable_features():
     labels = np.arange(300) % NUM_CLASSES
     feats = np.eye(NUM_CLASSES)[labels] * 5 + rng.normal(scale=0.1, size=(300, NUM_CLASSES))
     folds = make_folds(labels, 3, 0)
-    out = clip.linear_probe(feats, labels, folds, feats[:50], labels[:50])
+    out = clip_probe.linear_probe(feats, labels, folds, feats[:50], labels[:50])
     assert out["acc_per_fold"] == [1.0, 1.0, 1.0] and out["acc"] == 1.0 and out["folds"] == 3
     assert out["test_acc"] == 1.0 and set(out["test_per_class_f1"]) == set(CLASS_NAMES)
-    noise = clip.linear_probe(rng.normal(size=(300, 8)), labels, folds)
+    noise = clip_probe.linear_probe(rng.normal(size=(300, 8)), labels, folds)
     assert noise["acc"] < 0.3 and "test_acc" not in noise
 
 
 # --- weights resolution, offline -------------------------------------------------------------------
 
 def test_auto_and_random_weights():
-    assert clip.resolve_weights(clip.TEST_MODEL).pretrained == clip.RANDOM   # no published weights
-    assert clip.resolve_weights(clip.TEST_MODEL, "random").checkpoint is None
+    # no published weights
+    assert clip_weights.resolve_weights(clip_weights.TEST_MODEL).pretrained == clip_weights.RANDOM
+    assert clip_weights.resolve_weights(clip_weights.TEST_MODEL, "random").checkpoint is None
 
 
 @pytest.mark.parametrize("pretrained, message", [
@@ -159,13 +165,13 @@ def test_auto_and_random_weights():
 ])
 def test_bad_pretrained_values(pretrained, message):
     with pytest.raises(ConfigError, match=message):
-        clip.resolve_weights("ViT-B-32", pretrained)
+        clip_weights.resolve_weights("ViT-B-32", pretrained)
 
 
 def test_unreachable_hub_says_how_to_supply_weights(monkeypatch, tmp_path):
-    monkeypatch.setattr(clip, "url_reachable", lambda url, timeout=0: False)
+    monkeypatch.setattr(clip_weights, "url_reachable", lambda url, timeout=0: False)
     with pytest.raises(ConfigError) as err:
-        clip.resolve_weights("ViT-B-32", "laion2b_s34b_b79k", cache_dir=str(tmp_path))
+        clip_weights.resolve_weights("ViT-B-32", "laion2b_s34b_b79k", cache_dir=str(tmp_path))
     text = str(err.value)
     assert "cannot be reached" in text and "--pretrained PATH" in text and "--cache-dir" in text
     assert str(tmp_path) in text and "\n" not in text
@@ -174,21 +180,21 @@ def test_unreachable_hub_says_how_to_supply_weights(monkeypatch, tmp_path):
 def test_hf_hub_offline_is_respected_without_a_network_check(monkeypatch, tmp_path):
     from huggingface_hub import constants
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(clip, "url_reachable", lambda *a, **k: pytest.fail("probed the network"))
+    monkeypatch.setattr(clip_weights, "url_reachable", lambda *a, **k: pytest.fail("probed the network"))
     with pytest.raises(ConfigError, match="HF_HUB_OFFLINE is set"):
-        clip.resolve_weights("ViT-B-32", "laion2b_s34b_b79k", cache_dir=str(tmp_path))
+        clip_weights.resolve_weights("ViT-B-32", "laion2b_s34b_b79k", cache_dir=str(tmp_path))
 
 
 def test_a_cached_tag_resolves_to_the_cached_file_offline(monkeypatch, tmp_path):
     """The Hugging Face cache layout for laion/CLIP-ViT-B-32-laion2B-s34B-b79K, as --cache-dir points at it."""
-    monkeypatch.setattr(clip, "url_reachable", lambda *a, **k: pytest.fail("probed the network"))
+    monkeypatch.setattr(clip_weights, "url_reachable", lambda *a, **k: pytest.fail("probed the network"))
     repo = tmp_path / "models--laion--CLIP-ViT-B-32-laion2B-s34B-b79K"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text("abc123")
     snapshot = repo / "snapshots" / "abc123"
     snapshot.mkdir(parents=True)
     (snapshot / "open_clip_pytorch_model.bin").write_bytes(b"weights")
-    w = clip.resolve_weights("ViT-B-32", "laion2b_s34b_b79k", cache_dir=str(tmp_path))
+    w = clip_weights.resolve_weights("ViT-B-32", "laion2b_s34b_b79k", cache_dir=str(tmp_path))
     assert w.checkpoint == str(snapshot / "open_clip_pytorch_model.bin") and w.pretrained == "laion2b_s34b_b79k"
     assert w.preprocess["interpolation"] == "bicubic" and not w.quick_gelu
 
@@ -216,7 +222,8 @@ def run_cli(*argv) -> int:
 
 def tiny(*argv):
     """tiny-test-vit on 60 test images, one small retrieval grid (figures dominate the run time); later flags win."""
-    return ("--model", clip.TEST_MODEL, "--limit", 60, "--num-gpus", 0, "--top-k", 4, "--queries", "a bag", *argv)
+    return ("--model", clip_weights.TEST_MODEL, "--limit", 60, "--num-gpus", 0, "--top-k", 4, "--queries", "a bag",
+            *argv)
 
 
 def test_cli_end_to_end_writes_consistent_results_and_a_report_section(tmp_path):
@@ -224,14 +231,14 @@ def test_cli_end_to_end_writes_consistent_results_and_a_report_section(tmp_path)
     queries = ["a photo of a bag", "something shiny"]
     assert run_cli(*tiny("--out", out, "--probe-limit", 100, "--top-k", 5, "--queries", *queries)) == 0
     m = json.loads((out / "metrics.json").read_text())
-    assert (m["model"], m["pretrained"], m["split"], m["n_images"]) == (clip.TEST_MODEL, "random", "test", 60)
+    assert (m["model"], m["pretrained"], m["split"], m["n_images"]) == (clip_weights.TEST_MODEL, "random", "test", 60)
     cm = np.array(m["confusion"])
     assert cm.shape == (NUM_CLASSES, NUM_CLASSES) and cm.sum() == 60
     assert sum(c["support"] for c in m["per_class"].values()) == 60 == cm.sum(1).sum()
     assert [c["support"] for c in m["per_class"].values()] == cm.sum(1).tolist() == [6] * NUM_CLASSES
     assert m["acc"] == pytest.approx(np.trace(cm) / cm.sum())
     assert m["macro_f1"] == pytest.approx(np.mean([c["f1"] for c in m["per_class"].values()]))
-    assert m["prompts"]["templates"] == list(clip.TEMPLATES) and m["throughput_img_s"] > 0
+    assert m["prompts"]["templates"] == list(clip_zeroshot.TEMPLATES) and m["throughput_img_s"] > 0
 
     preds = pd.read_parquet(out / "predictions.parquet")
     probs = preds[[f"prob_{n}" for n in CLASS_NAMES]].to_numpy()
@@ -255,13 +262,13 @@ def test_cli_end_to_end_writes_consistent_results_and_a_report_section(tmp_path)
     assert lp["acc"] == pytest.approx(np.mean(lp["acc_per_fold"])) and 0 <= lp["test_acc"] <= 1
 
     cnn = {n: {"f1": 0.9, "recall": 0.8, "support": 100} for n in CLASS_NAMES}
-    section = clip.report_section(out, cnn)
+    section = clip_report.report_section(out, cnn)
     assert section["metrics"] == {k: m[k] for k in ("model", "pretrained", "acc", "macro_f1", "split", "n_images")}
     page = section["html"]
     assert page.count("data:image/png;base64,") == 2 + len(queries)   # confusion, per-class F1, grids
     assert "CNN (from the run)" in page and "0.8000" in page and "Random weights" in page and "linear probe" in page
     assert 'src="http' not in page and "<script" not in page and "<link" not in page  # nothing fetched
-    assert clip.report_section(out, None)["html"].count("<figure><img") == 2 + len(queries)
+    assert clip_report.report_section(out, None)["html"].count("<figure><img") == 2 + len(queries)
 
 
 def fake_run_dir(tmp_path, limit_train=100, folds=3):
@@ -297,14 +304,15 @@ def test_cli_run_dir_with_other_folds_is_refused(tmp_path, capsys):
 def test_local_checkpoint_gives_identical_predictions(tmp_path):
     import torch
     ckpt = tmp_path / "tiny.pt"
-    torch.save(clip.build_model(clip.Weights(clip.TEST_MODEL, clip.RANDOM, None)).state_dict(), ckpt)
+    random_init = clip_weights.Weights(clip_weights.TEST_MODEL, clip_weights.RANDOM, None)
+    torch.save(clip_weights.build_model(random_init).state_dict(), ckpt)
     assert run_cli(*tiny("--out", tmp_path / "random", "--no-probe")) == 0
     assert run_cli(*tiny("--out", tmp_path / "file", "--no-probe", "--pretrained", ckpt)) == 0
     a, b = (pd.read_parquet(tmp_path / d / "predictions.parquet") for d in ("random", "file"))
     assert np.array_equal(a["pred"], b["pred"]) and np.allclose(a.filter(like="prob_"), b.filter(like="prob_"))
     assert json.loads((tmp_path / "file" / "metrics.json").read_text())["pretrained"] == str(ckpt)
     # a different init really changes them: the equality above is not vacuous
-    other = clip.build_model(clip.Weights(clip.TEST_MODEL, clip.RANDOM, None))
+    other = clip_weights.build_model(random_init)
     with torch.no_grad():
         for p in other.parameters():
             p.add_(torch.randn_like(p) * 0.5)
@@ -316,12 +324,12 @@ def test_local_checkpoint_gives_identical_predictions(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (("--model", "ViT-B-33"), "--model ViT-B-33: unknown open_clip architecture; did you mean ViT-B-32"),
-    (("--model", clip.TEST_MODEL, "--limit", "0"), "--limit 0: must be at least 10"),
-    (("--model", clip.TEST_MODEL, "--limit", "-5"), "--limit -5"),
-    (("--model", clip.TEST_MODEL, "--pretrained", "openai"), "it has no published weights"),
-    (("--model", clip.TEST_MODEL, "--queries", " "), "--queries: a query is empty"),
-    (("--model", clip.TEST_MODEL, "--split", "val"), "invalid choice: 'val'"),
-    (("--model", clip.TEST_MODEL, "--top-k", "0"), "--top-k 0"),
+    (("--model", clip_weights.TEST_MODEL, "--limit", "0"), "--limit 0: must be at least 10"),
+    (("--model", clip_weights.TEST_MODEL, "--limit", "-5"), "--limit -5"),
+    (("--model", clip_weights.TEST_MODEL, "--pretrained", "openai"), "it has no published weights"),
+    (("--model", clip_weights.TEST_MODEL, "--queries", " "), "--queries: a query is empty"),
+    (("--model", clip_weights.TEST_MODEL, "--split", "val"), "invalid choice: 'val'"),
+    (("--model", clip_weights.TEST_MODEL, "--top-k", "0"), "--top-k 0"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
@@ -337,5 +345,5 @@ def test_corrupt_checkpoint_exits_2_and_writes_nothing(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         run_cli(*tiny("--pretrained", bad, "--out", tmp_path / "out"))
     err = capsys.readouterr().err.strip()
-    assert e.value.code == 2 and f"--pretrained {bad}: cannot load it into {clip.TEST_MODEL}" in err
+    assert e.value.code == 2 and f"--pretrained {bad}: cannot load it into {clip_weights.TEST_MODEL}" in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()

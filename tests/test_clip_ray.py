@@ -5,16 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis import clip
+from analysis import clip_encoders, clip_weights
 
 
 @pytest.mark.ray
 def test_sharded_ray_embedding_equals_in_process(ray_local, fmnist):
-    encoder = clip.load_encoder(clip.Weights(clip.TEST_MODEL, clip.RANDOM, None), "cpu", batch_size=32)
+    weights = clip_weights.Weights(clip_weights.TEST_MODEL, clip_weights.RANDOM, None)
+    encoder = clip_encoders.load_encoder(weights, "cpu", batch_size=32)
     images = fmnist.test_x[:101]  # odd, so the two shards differ in size and end mid-batch
     expected = encoder.encode_images(images)
     calls = []
-    with clip.RayImageEncoder(encoder, num_actors=2, gpus_per_actor=0) as sharded:
+    with clip_encoders.RayImageEncoder(encoder, num_actors=2, gpus_per_actor=0) as sharded:
         got = sharded.encode_images(images, progress=lambda done, total: calls.append((done, total)))
         assert np.array_equal(sharded.encode_text(["a photo of a bag"]), encoder.encode_text(["a photo of a bag"]))
         actors = sharded.actors
@@ -32,7 +33,7 @@ def test_sharded_ray_embedding_equals_in_process(ray_local, fmnist):
 FAKE_GPU_DRIVER = """
 import os, sys
 sys.path.insert(0, sys.argv[1])
-from distributed.tuner import init_ray
+from distributed.ray_init import init_ray
 init_ray(None, num_cpus=2, num_gpus=2, log_to_driver=False, configure_logging=False)
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 from tests.conftest import load_script
@@ -49,7 +50,7 @@ def test_num_gpus_2_on_a_driver_without_cuda_keeps_the_text_encoder_on_the_cpu(t
 
     from tests.conftest import ROOT
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a Ray instance of its own
-    out = subprocess.run([sys.executable, "-c", FAKE_GPU_DRIVER, str(ROOT), "--model", clip.TEST_MODEL,
+    out = subprocess.run([sys.executable, "-c", FAKE_GPU_DRIVER, str(ROOT), "--model", clip_weights.TEST_MODEL,
                           "--limit", "40", "--num-gpus", "2", "--no-probe", "--top-k", "4", "--queries", "a bag",
                           "--batch-size", "16", "--out", str(tmp_path)],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -59,4 +60,4 @@ def test_num_gpus_2_on_a_driver_without_cuda_keeps_the_text_encoder_on_the_cpu(t
     assert metrics["n_images"] == 40 and 0.0 <= metrics["acc"] <= 1.0 and len(metrics["retrieval"]) == 1
     # both actors got a (fake) GPU each and ran; the text encoder stayed on the driver's CPU
     assert metrics["device"].startswith("images on 2 Ray actors (") and metrics["device"].endswith("), text on cpu")
-    assert f"{clip.TEST_MODEL} (random) on {metrics['device']}: 40 test images" in out.stdout
+    assert f"{clip_weights.TEST_MODEL} (random) on {metrics['device']}: 40 test images" in out.stdout

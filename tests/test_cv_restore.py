@@ -1,11 +1,13 @@
 """The fold checkpoint's restore path, without Ray (issue: every resume on a GPU crashed)."""
 import io
 
+import numpy as np
 import torch
 
 from distributed import storage
-from distributed.config import PRESETS
-from distributed.cv import latest_fold_epoch, load_fold_state, restore_rng, rng_state
+from distributed.config import PRESETS, override
+from distributed.checkpoints import (epoch_dir, fold_file, fold_seed, latest_fold_epoch, load_fold_state, oof_file,
+                                     prune_old_epoch, restore_rng, rng_state, write_fold_state, write_oof)
 from distributed.model import make_model
 from distributed.train import make_optimizer
 
@@ -49,3 +51,21 @@ def test_latest_fold_epoch_is_per_fold(tmp_path):
             storage.write_file(f"{root}/folds/t/epoch_{epoch:03d}/fold_{k}.pt", b"x")
     assert latest_fold_epoch(root, "t", 0) == 3 and latest_fold_epoch(root, "t", 1) == 2
     assert latest_fold_epoch(root, "t", 2) == 0 and latest_fold_epoch(root, "other", 0) == 0
+
+
+def test_the_layout_the_seeds_and_the_pruning_of_old_epochs(tmp_path):
+    root = str(tmp_path)
+    assert (fold_file(3), oof_file(3)) == ("fold_3.pt", "oof_fold_3.npz")
+    assert epoch_dir(root, "t", 7) == f"{root}/folds/t/epoch_007"
+    cfg = override(PRESETS["smoke"], fold_seed=4)
+    assert [fold_seed(cfg, k) for k in range(3)] == [4000, 4001, 4002]  # the refit, one more fold: 4003
+    for epoch in (1, 2, 3):
+        write_fold_state(epoch_dir(root, "t", epoch), 0, {"epoch": epoch, "fold": 0})
+        prune_old_epoch(root, "t", 0, epoch)  # keeps the newest KEEP_EPOCHS (2)
+    assert sorted(p.name for p in (tmp_path / "folds" / "t").iterdir()) == ["epoch_002", "epoch_003"]
+    assert load_fold_state(f"{epoch_dir(root, 't', 3)}/fold_0.pt") == {"epoch": 3, "fold": 0}
+    probs = np.array([[0.1, 0.9], [0.8, 0.2]], dtype=np.float32)
+    write_oof(epoch_dir(root, "t", 3), 0, np.array([5, 2]), np.array([1, 1]), probs)
+    oof = np.load(tmp_path / "folds" / "t" / "epoch_003" / "oof_fold_0.npz")
+    assert {k: oof[k].tolist() for k in oof.files} == {"index": [5, 2], "fold": [0, 0], "true": [1, 1],
+                                                       "pred": [1, 0], "probs": probs.tolist()}

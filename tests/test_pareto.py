@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import pareto
-from analysis.tables import Run
+from analysis.run_tables import Run
 from distributed.config import PRESETS
 from distributed.model import make_model, num_params
 

@@ -2,7 +2,7 @@
 import pytest
 
 from distributed.config import PRESETS, ConfigError, override
-from distributed.tuner import plan_resources
+from distributed.resources import plan_resources
 
 FULL = PRESETS["full"]  # 5 folds, 40 trials
 

@@ -1,5 +1,5 @@
 """Fold-paired ASHA (distributed/racing.py) on hand-made rung histories, without Ray running: the decisions
-follow the rule, t and p are analysis/stats.py's, K = 1 or alpha = 1 give plain ASHA's decisions, and a
+follow the rule, t and p are distributed/stats.py's, K = 1 or alpha = 1 give plain ASHA's decisions, and a
 scheduler rebuilt from rungs.parquet after a crash decides as the one that never crashed."""
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ import pandas as pd
 import pytest
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from analysis.stats import corrected_resampled_ttest
 from distributed.config import METRIC, MODE, PRESETS, ConfigError, override, validate
-from distributed.racing import (CONTINUE, LET_THROUGH, STOP, FoldASHA, corrected_one_sided, cutoff_trial,
-                                load_rungs, rung_decision)
+from distributed.racing import CONTINUE, LET_THROUGH, STOP, FoldASHA, cutoff_trial, load_rungs, rung_decision
+from distributed.stats import corrected_one_sided, corrected_resampled_ttest
 
 S, C = TrialScheduler.STOP, TrialScheduler.CONTINUE
 
@@ -38,7 +37,7 @@ def feed(sched, trial_id, epoch, folds):
 
 
 @pytest.mark.parametrize("diffs", [[0.02, 0.05, 0.01], [0.1, -0.02, 0.03, 0.04, 0.0], [0.3, 0.29]])
-def test_one_sided_t_and_p_are_the_corrected_test_of_analysis_stats(diffs):
+def test_one_sided_t_and_p_are_the_two_sided_corrected_test_halved(diffs):
     k = len(diffs)
     t, p = corrected_one_sided(diffs, 1 / (k - 1))
     ref = corrected_resampled_ttest(diffs, test_train_ratio=1 / (k - 1))
@@ -184,17 +183,26 @@ def test_rungs_rebuilt_after_a_crash_give_the_same_decisions(tmp_path, crash_at)
     assert not load_rungs(run_dir).duplicated(["trial_id", "rung"]).any()
 
 
+def test_one_rungs_reader_for_engine_and_report(tmp_path):
+    from analysis.run_tables import rung_table
+    from distributed.racing import RUNG_COLUMNS
+    assert load_rungs(tmp_path).empty and list(load_rungs(tmp_path).columns) == list(RUNG_COLUMNS)
+    assert rung_table(tmp_path).empty and list(rung_table(tmp_path).columns) == [*RUNG_COLUMNS, "fold_std"]
+    (tmp_path / "rungs.parquet").write_bytes(b"PAR1 truncated")
+    with pytest.raises(ConfigError, match="rungs.parquet: unreadable Parquet"):
+        load_rungs(tmp_path)
+
+
 def test_why_it_stopped_and_the_rung_view_from_a_hand_made_history(tmp_path):
     from analysis.plots_search import plot_rungs
-    from analysis.tables import load_rungs as report_rungs
-    from analysis.tables import why_stopped
+    from analysis.run_tables import rung_table, why_stopped
 
     s = fold_asha(tmp_path)
     for tid, epoch, folds in [("a", 1, [0.80, 0.82, 0.84]), ("b", 1, [0.70, 0.72, 0.74]),
                               ("c", 1, [0.90, 0.60, 0.84]), ("d", 1, [0.95, 0.55, 0.80]),
                               ("a", 2, [0.85, 0.86, 0.87]), ("d", 2, [0.80, 0.84, 0.85])]:
         feed(s, tid, epoch, folds)
-    rungs = report_rungs(tmp_path)
+    rungs = rung_table(tmp_path)
     assert rungs.fold_std.iloc[0] == pytest.approx(0.02)
     trials = pd.DataFrame({"trial_id": ["a", "b", "c", "d", "e"], "epochs_run": [4, 1, 4, 2, 1],
                            "status": ["completed", "pruned", "completed", "pruned", "errored"]})
@@ -257,9 +265,9 @@ def check_smoke_rungs(rungs: pd.DataFrame, trials: pd.DataFrame) -> None:
 def test_a_real_fold_asha_smoke_search_records_every_rung(ray_local, tmp_path):
     import optuna
 
-    from analysis import sections
+    from analysis import sections_search
     from analysis.html import Section
-    from analysis.tables import load_run, trials_display
+    from analysis.run_tables import load_run, trials_display
     from conftest import load_script
 
     code = load_script("tune").main(["--preset", "smoke", "--scheduler", "fold-asha", "--name", "racing",
@@ -281,7 +289,7 @@ def test_a_real_fold_asha_smoke_search_records_every_rung(ray_local, tmp_path):
     # the report's rung view and "why it stopped"
     run = load_run(run_dir)
     sec = Section("search", "The search")
-    sections.rung_view(sec, run)
+    sections_search.rung_view(sec, run)
     assert sec.figures["rungs"][:8] == b"\x89PNG\r\n\x1a\n" and len(sec.tables["rungs"]) == len(rungs)
     assert sec.parts[-1].count("<tr>") == len(rungs) + 1
     why = trials_display(run).set_index("trial")["why it stopped"]

@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 from distributed import retention
 from distributed.config import PRESETS, ConfigError, keep_checkpoints_count, override, validate
 from distributed.lock import LOCK_NAME
+from distributed.storage import RunLocation
 from tests.conftest import load_script
 
 
@@ -138,6 +140,11 @@ def disk_bytes(root: Path, skip=(LOCK_NAME,)) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and p.relative_to(root).as_posix() not in skip)
 
 
+def at(run_dir: Path, storage_path: str | None = None) -> RunLocation:
+    """The location of a run whose driver directory is run_dir (stored in storage_path, else beside it)."""
+    return replace(RunLocation.of(storage_path or str(run_dir.parent), run_dir.name), local_dir=run_dir)
+
+
 def cfg_for(tmp_path: Path, policy: str):
     return override(PRESETS["smoke"], name="run", storage_path=str(tmp_path), num_samples=len(TRIALS),
                     keep_checkpoints=policy)
@@ -147,7 +154,7 @@ def test_apply_removes_the_others_and_records_the_size(tmp_path, capsys):
     run_dir = tmp_path / "run"
     files = files_of(TRIALS)
     summary = make_run(run_dir, TRIALS, files)
-    out = retention.apply(cfg_for(tmp_path, "topk:2"), run_dir, str(run_dir), summary)
+    out = retention.apply(cfg_for(tmp_path, "topk:2"), at(run_dir), summary)
 
     assert sorted(p.name for p in (run_dir / "folds").iterdir()) == ["c2", "c3", "e1"]
     left = {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()}
@@ -177,7 +184,7 @@ def test_apply_all_and_an_unended_search_delete_nothing(tmp_path):
         summary = make_run(run_dir, TRIALS, files_of(TRIALS), ended=ended)
         before = disk_bytes(run_dir)
         parquet = (run_dir / "trials.parquet").read_bytes()
-        out = retention.apply(cfg_for(tmp_path, policy), run_dir, str(run_dir), summary)
+        out = retention.apply(cfg_for(tmp_path, policy), at(run_dir), summary)
         assert sorted(p.name for p in (run_dir / "folds").iterdir()) == PRESENT
         assert (run_dir / "trials.parquet").read_bytes() == parquet
         assert out["checkpoint_bytes_freed"] == 0 and out["checkpoints_removed"] == []
@@ -191,9 +198,9 @@ def test_apply_again_nulls_what_an_earlier_session_removed(tmp_path):
     directories come back, and the end of that session nulls them again, whatever its policy."""
     run_dir = tmp_path / "run"
     summary = make_run(run_dir, TRIALS, files_of(TRIALS))
-    retention.apply(cfg_for(tmp_path, "best"), run_dir, str(run_dir), summary)
+    retention.apply(cfg_for(tmp_path, "best"), at(run_dir), summary)
     (run_dir / "trials.parquet").write_bytes(TRIALS.to_parquet(index=False))  # rebuilt: every path is back
-    out = retention.apply(cfg_for(tmp_path, "all"), run_dir, str(run_dir), summary)
+    out = retention.apply(cfg_for(tmp_path, "all"), at(run_dir), summary)
     assert out["checkpoints_kept"] == ["c2", "e1"] and out["checkpoint_bytes_freed"] == 0
     trials = pd.read_parquet(run_dir / "trials.parquet")
     assert list(trials.trial_id[trials.checkpoint_path.notna()]) == ["c2", "e1"]
@@ -211,7 +218,9 @@ def test_apply_in_a_bucket(s3_server, tmp_path):
     local.mkdir(parents=True)
     summary = make_run(local, TRIALS, {})
     cfg = override(cfg_for(tmp_path, "topk:2"), storage_path="s3://keep/runs")
-    out = retention.apply(cfg, local, "s3://keep/runs/run", summary)
+    where = at(local, "s3://keep/runs")
+    assert where.root == "s3://keep/runs/run"
+    out = retention.apply(cfg, where, summary)
 
     objects = s3_server.objects("keep/runs/run")
     trial_dirs = {k.split("/")[4] for k in objects if k.startswith("keep/runs/run/folds/")}
@@ -234,9 +243,10 @@ def topk2(ray_local, tmp_path_factory):
     storage = tmp_path_factory.mktemp("keep")
     before, original = {}, retention.apply
 
-    def spy(cfg, run_dir, run_root, summary):
+    def spy(cfg, where, summary):
+        run_dir = where.local_dir
         before.update({p.relative_to(run_dir).as_posix(): p.stat().st_size for p in run_dir.rglob("*") if p.is_file()})
-        return original(cfg, run_dir, run_root, summary)
+        return original(cfg, where, summary)
 
     out = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
@@ -249,7 +259,7 @@ def topk2(ray_local, tmp_path_factory):
 
 @pytest.mark.ray
 def test_a_finished_search_keeps_exactly_the_top_2(topk2):
-    from analysis.tables import rank_trials  # the report's own ranking, independent of retention's
+    from analysis.run_tables import rank_trials  # the report's own ranking, independent of retention's
     run_dir, before, stdout = topk2
     summary = json.loads((run_dir / "summary.json").read_text())
     trials = pd.read_parquet(run_dir / "trials.parquet")

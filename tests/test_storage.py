@@ -47,9 +47,22 @@ def test_store_names_the_same_place_as_uri_and_as_filesystem_path():
     assert storage.parse_storage_uri("gs://b").fs_path("x") == "b/x"
 
 
-def test_local_run_dir():
-    assert storage.local_run_dir("s3://bucket/runs", "full") == Path("results/full")
-    assert storage.local_run_dir("/mnt/shared/results", "full") == Path("/mnt/shared/results/full")
+def test_run_location_of_a_bucket_and_of_a_directory(tmp_path, monkeypatch):
+    where = storage.RunLocation.of("s3://bucket/runs/", "full")
+    assert where.local_dir == Path("results/full") and str(where) == "results/full"  # the driver's working copy
+    assert (where.parent, where.root) == ("s3://bucket/runs", "s3://bucket/runs/full")
+    assert where.remote_root == "bucket/runs/full" and where.store == storage.RemoteStore("s3", "bucket", "runs")
+
+    monkeypatch.chdir(tmp_path)
+    where = storage.RunLocation.of("runs", "q")
+    assert where.store is None and where.remote_root is None
+    assert where.local_dir == Path("runs/q") and Path(where) == Path("runs/q")  # as given: messages stay short
+    assert (where.parent, where.root) == (str(tmp_path / "runs"), str(tmp_path / "runs" / "q"))
+    assert where.resolved().local_dir == tmp_path / "runs" / "q"
+    assert where.upload() == [] and where.download("tune") == 0  # a local run: nothing to copy
+    assert storage.RunLocation.of("/mnt/shared/results", "full").local_dir == Path("/mnt/shared/results/full")
+    with pytest.raises(ConfigError, match="unsupported scheme 'ftp://'"):
+        storage.RunLocation.of("ftp://host/runs", "q")
 
 
 def test_relative_checkpoint_is_the_same_for_local_and_bucket_runs(tmp_path):

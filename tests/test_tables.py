@@ -46,3 +46,24 @@ def test_a_replayed_epoch_counts_once_with_its_last_report(tmp_path):
     trials, epochs = build_tables(tmp_path / "run", CFG, {})
     assert trials.epochs_run.tolist() == [2] and trials.val_acc_mean.tolist() == [0.65]
     assert len(epochs) == 2 * 3
+
+
+def test_one_ranking_for_the_best_trial_retention_and_the_report():
+    import numpy as np
+    import pandas as pd
+
+    from distributed.retention import ranking
+    from distributed.tables import best_trial, rank_trials
+    trials = pd.DataFrame([("c1", "completed", 3, 0.80), ("c2", "completed", 3, 0.85), ("r1", "running", 2, 0.99),
+                           ("c3", "completed", 3, 0.85), ("e1", "errored", 2, 0.70), ("p1", "pruned", 2, 0.60),
+                           ("p2", "pruned", 1, 0.90), ("p3", "pruned", 1, np.nan), ("c4", "completed", 3, np.nan),
+                           ("e2", "errored", 2, 0.70)],
+                          columns=["trial_id", "status", "epochs_run", "val_acc_mean"])
+    ranked = rank_trials(trials)
+    # completed by the metric (a tie keeps the table's order, no value last), then by epochs, metric, status
+    assert list(ranked.trial_id) == ["c2", "c3", "c1", "c4", "r1", "e1", "e2", "p1", "p2", "p3"]
+    assert list(ranked["rank"]) == list(range(1, 11)) and list(ranked.index) == list(range(10))
+    assert ranking(trials) == ["c2", "c3", "c1", "c4", "p1", "p2", "p3"]  # what retention may remove
+    assert best_trial(trials).trial_id == "c2" and "rank" not in best_trial(trials).index
+    assert best_trial(trials[trials.status != "completed"]) is None and best_trial(trials.iloc[:0]) is None
+    assert rank_trials(trials.iloc[:0]).empty and ranking(trials.iloc[:0]) == []

@@ -1,4 +1,4 @@
-"""Small file helpers shared by the engine and the analysis: atomic writes."""
+"""File helpers shared by the engine and the analysis: atomic writes, free space, and full-disk errors."""
 from __future__ import annotations
 
 import errno

@@ -19,7 +19,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from analysis.tables import Run, values_at_epoch
+from analysis.run_tables import Run, values_at_epoch
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

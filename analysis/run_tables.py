@@ -3,8 +3,8 @@
 `load_run` is the report's gate for bad input: everything wrong with the directory raises ConfigError
 with one line saying what and what to do, before anything is computed or written. The other functions
 are pure views of trials.parquet / epochs.parquet: trial ranking, fold-mean curves, fold bands, and
-per-fold values at one epoch (the paired samples of the significance test); and of rungs.parquet: why
-each trial stopped.
+per-fold values at one epoch (the paired samples of the significance test); and of rungs.parquet (read by
+distributed.racing.load_rungs): the fold spread at each rung and why each trial stopped.
 """
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from distributed.config import METRIC, MODE, SEARCHABLE, ConfigError, ExperimentConfig
+from distributed.config import SEARCHABLE, ConfigError, ExperimentConfig
 from distributed.config import load as load_config
+from distributed.tables import rank_trials  # the engine's one ranking (best_trial, retention, the report)
 
 SUMMARY_KEYS = ("name", "folds", "max_epochs", "best_trial_id", "best_config", "best_cv", "best_checkpoint",
                 "split_fingerprint", "data_fingerprint", "n_train", "wall_s")
 CURVE_METRICS = ("train_loss", "train_acc", "train_f1", "val_loss", "val_acc", "val_f1")
-STATUS_ORDER = {"completed": 0, "running": 1, "pruned": 2, "errored": 3}
 SCIENTIFIC = ("lr", "weight_decay")  # sampled on a log scale (distributed/search.py): shown as 1.23e-03
 
 
@@ -101,20 +101,6 @@ def load_run(run_dir) -> Run:
     return Run(run_dir, summary, config, rank_trials(trials), epochs)
 
 
-def rank_trials(trials: pd.DataFrame) -> pd.DataFrame:
-    """Completed trials by the metric, then the rest by epochs reached and metric (a pruned trial's value
-    comes from fewer epochs, so it never outranks a completed one). Adds `rank` (1 = best)."""
-    df = trials.copy()
-    df["_status"] = df.status.map(STATUS_ORDER).fillna(len(STATUS_ORDER))
-    df["_metric"] = df[METRIC] if MODE == "max" else -df[METRIC]
-    df["_unfinished"] = df.status != "completed"
-    df = df.sort_values(["_unfinished", "epochs_run", "_metric", "_status"],
-                        ascending=[True, False, False, True], na_position="last", kind="stable")
-    df = df.drop(columns=["_status", "_metric", "_unfinished"]).reset_index(drop=True)
-    df.insert(0, "rank", np.arange(1, len(df) + 1))
-    return df
-
-
 def fold_mean_curves(epochs: pd.DataFrame) -> pd.DataFrame:
     """Per (trial_id, epoch): mean and std (ddof=1, as the engine reports) over folds of each metric."""
     grouped = epochs.groupby(["trial_id", "epoch"])[list(CURVE_METRICS)]
@@ -180,18 +166,16 @@ def trials_display(run: Run) -> pd.DataFrame:
     out["checkpoint"] = ["yes" if isinstance(p, str) and (run.run_dir / p).is_dir() else
                          "removed" if trial in removed else "missing"
                          for trial, p in zip(t.trial_id, t.checkpoint_path)]
-    out["why it stopped"] = why_stopped(t, load_rungs(run.run_dir)).to_numpy()
+    out["why it stopped"] = why_stopped(t, rung_table(run.run_dir)).to_numpy()
     return out
 
 
-def load_rungs(run_dir) -> pd.DataFrame:
-    """RUN_DIR/rungs.parquet (one row per trial and rung, distributed/racing.py), with the fold std added;
-    empty for a FIFO search or a run from before the file existed."""
-    path = Path(run_dir) / "rungs.parquet"
-    if not path.is_file():
-        return pd.DataFrame(columns=["trial_id", "rung", "epoch", "folds", "value", "fold_std", "cutoff",
-                                     "cutoff_trial_id", "t", "p", "alpha", "decision"])
-    df = _read_parquet(path)
+def rung_table(run_dir) -> pd.DataFrame:
+    """RUN_DIR/rungs.parquet as the engine reads it (distributed.racing.load_rungs: one row per trial and
+    rung; empty for a FIFO search or a run from before the file existed), with each row's fold std added
+    (ddof=1; 0 for a single fold): the report's rung view."""
+    from distributed.racing import load_rungs  # noqa: PLC0415 (it imports ray.tune: only once a report is built)
+    df = load_rungs(run_dir)
     df["fold_std"] = [float(np.std(f, ddof=1)) if len(f) > 1 else 0.0 for f in df.folds]
     return df
 

@@ -1,10 +1,10 @@
-"""distributed/io.py: atomic writes leave whole files with ordinary permissions and no temp files."""
+"""distributed/files.py: atomic writes leave whole files with ordinary permissions and no temp files."""
 import json
 import os
 
 import numpy as np
 
-from distributed.io import write_json_atomic
+from distributed.files import write_json_atomic
 
 
 def test_atomic_json_write_replaces_the_file_with_umask_permissions(tmp_path):
