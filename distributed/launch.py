@@ -35,6 +35,14 @@ def resume_command(argv: list[str], name: str) -> str:
     return shlex.join(["python", "experiments/tune.py", *args, "--resume"])
 
 
+def _stop_after_ray(mps) -> None:
+    """At exit: Ray first (its exit hook, registered when ray was imported, would run after this one), so the
+    fold workers, the daemon's clients, are gone when it is asked to quit."""
+    import ray
+    ray.shutdown()
+    mps.stop()
+
+
 def run_tune(cfg: ExperimentConfig, resume: str, why: str | None = None, ray_logs: bool = False) -> int:
     """Run the search of `cfg` to its end and print its progress and closing lines; the exit code.
 
@@ -64,7 +72,7 @@ def run_tune(cfg: ExperimentConfig, resume: str, why: str | None = None, ray_log
         mps = start_for_search(r.address, r.num_gpus, r.gpus_per_worker, cfg.cv.folds, visible_gpus(),
                                say=mps_lines.append)
         if mps is not None:
-            atexit.register(mps.stop)  # registered before ray.init's own exit hook, so it runs after it
+            atexit.register(_stop_after_ray, mps)
         init_ray(cfg.resources.address, log_to_driver=ray_logs, configure_logging=ray_logs)
     try:
         res = plan_resources(cfg, offered(cfg))  # e.g. --num-gpus beyond what the cluster has (or can scale to)

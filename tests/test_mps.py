@@ -137,3 +137,19 @@ def test_the_real_probe_refuses_a_daemon_where_no_cuda_client_can_run(stand_in):
     daemon, why = mps.Mps.start()  # the real probe: a CUDA tensor in a subprocess
     assert daemon is None and why.startswith("a CUDA client could not use it: ")
     assert [c.split()[0] for c in stand_in.read_text().splitlines()] == ["start", "quit"]
+
+
+def test_at_exit_ray_shuts_down_before_the_daemon_is_asked_to_quit(monkeypatch):
+    """Ray's own exit hook was registered when ray was imported, so it would run after ours: the search's hook
+    shuts Ray down itself first, so that no fold worker is still a client when the daemon gets "quit"."""
+    import ray
+
+    from distributed import launch
+    calls = []
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("ray.shutdown"))
+
+    class Daemon:
+        def stop(self):
+            calls.append("mps.stop")
+    launch._stop_after_ray(Daemon())
+    assert calls == ["ray.shutdown", "mps.stop"]
