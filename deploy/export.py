@@ -32,6 +32,7 @@ from analysis.run_tables import Run
 from distributed.config import CLASS_NAMES, ConfigError
 from distributed.checkpoints import fold_file, load_checkpoint
 from distributed.model import num_params
+from distributed.run import cpu_name
 
 from deploy import bundle, card, ensemble
 
@@ -150,18 +151,6 @@ def latency_ms(run_batch: Callable[[np.ndarray], object], x_u8: np.ndarray, batc
         run_batch(xb)
         times.append((time.perf_counter() - t) / batch * 1e3)
     return float(np.median(times)), len(times)
-
-
-def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux), else what platform knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def latency_setup() -> dict:

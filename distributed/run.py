@@ -39,6 +39,19 @@ def versions() -> dict:
     return {"ray": ray.__version__, "torch": torch.__version__, "optuna": optuna.__version__}
 
 
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else what platform knows: what a figure was measured on."""
+    import platform
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def run_exists(storage_path: str, name: str) -> bool:
     """Is there a run called name: the local (working copy of the) run directory, or URI/NAME in a bucket."""
     where = storage.RunLocation.of(storage_path, name)

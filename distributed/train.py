@@ -98,8 +98,9 @@ def augmented_batches(x_u8: torch.Tensor, order: torch.Tensor, bs: int, steps: i
     augmenting `chunk` images in one call draws from the same distribution as one call per batch; only the
     number of kernel launches changes. chunk is a multiple of bs.
     """
-    for start in range(0, steps, max(1, chunk // bs)):
-        stop = min(steps, start + max(1, chunk // bs))
+    per_call = max(1, chunk // bs)
+    for start in range(0, steps, per_call):
+        stop = min(steps, start + per_call)
         xs = augment(x_u8[order[start * bs:stop * bs]], cfg.rotate_deg, cfg.flip_p, cfg.erase_p, generator=None)
         for step in range(start, stop):
             yield step, xs[(step - start) * bs:(step - start + 1) * bs]

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from distributed.config import PRESETS, ModelConfig, TrainConfig
 from distributed.model import make_model
+from distributed.run import cpu_name
 from distributed.train import train_one_epoch
 
 SEED_MODEL = ModelConfig(width=32, depth=2, convs_per_block=2, fc_width=512)  # the seed's CNN, 1,677,482 params
@@ -25,13 +26,8 @@ QUICK_MODEL = PRESETS["quick"].model
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
             "platform": platform.platform()}
 
 

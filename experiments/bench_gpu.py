@@ -19,6 +19,8 @@
 """
 from __future__ import annotations
 
+import functools
+import json
 import os
 import subprocess
 import sys
@@ -65,7 +67,7 @@ def fold_worker(rank: int, k: int, shared: dict, model_cfg: ModelConfig, train_c
     """One fold of the harness: the engine's fold loop for `epochs` epochs; puts (rank, per-epoch dicts)."""
     from distributed.checkpoints import fold_seed
     from distributed.config import ExperimentConfig
-    from distributed.cv import fold_split
+    from distributed.cv import Fold
     from distributed.model import make_model
     from distributed.train import evaluate, make_optimizer, steps_per_epoch, train_one_epoch
     device = torch.device(device_name)
@@ -74,19 +76,16 @@ def fold_worker(rank: int, k: int, shared: dict, model_cfg: ModelConfig, train_c
     if device.type == "cpu":
         torch.set_num_threads(1)
     torch.manual_seed(fold_seed(ExperimentConfig(), fold))  # the engine's seed (fold_seed 0, as in split())
-    train_idx, val_idx = fold_split(shared, fold)
-    x_tr = torch.from_numpy(shared["x"][train_idx]).to(device)
-    y_tr = torch.from_numpy(shared["y"][train_idx]).to(device)
-    x_val = torch.from_numpy(shared["x"][val_idx]).to(device)
-    y_val = torch.from_numpy(shared["y"][val_idx]).to(device)
+    data = Fold(shared, fold, device)  # the fold's part of the data on the device, as a slot's worker holds it
     model = make_model(model_cfg, device)
     cfg = replace(train_cfg, epochs=max(train_cfg.epochs, epochs))
-    opt, sched = make_optimizer(model, cfg, steps_per_epoch(len(x_tr), cfg.batch_size))
+    opt, sched = make_optimizer(model, cfg, steps_per_epoch(len(data.x_tr), cfg.batch_size))
     barrier.wait()  # every fold starts its first step together
     out = []
     for _ in range(epochs):
-        tr = train_one_epoch(model, opt, sched, x_tr, y_tr, cfg, chunk=cfg.batch_size if chunk == "batch" else None)
-        ev = evaluate(model, x_val, y_val, cfg.eval_batch_size, tta_flip=cfg.tta_flip)
+        tr = train_one_epoch(model, opt, sched, data.x_tr, data.y_tr, cfg,
+                             chunk=cfg.batch_size if chunk == "batch" else None)
+        ev = evaluate(model, data.x_val, data.y_val, cfg.eval_batch_size, tta_flip=cfg.tta_flip)
         out.append({"seconds": tr["seconds"] + ev["seconds"], "train_n": tr["n"], "val_n": ev["n"],
                     "val_acc": ev["acc"]})
     results.put((rank, out))
@@ -133,12 +132,17 @@ def shared_epochs(shared: dict, model_cfg: ModelConfig, train_cfg: TrainConfig, 
             "mps": daemon is not None, "processes": k * trials}
 
 
+@functools.lru_cache(maxsize=None)
+def _flops_per_image(model_cfg: ModelConfig, device, train: bool) -> float:
+    return flops_per_image(model_cfg, device, train=train)  # counted once per configuration, not once per run
+
+
 def mfu(model_cfg: ModelConfig, train_cfg: TrainConfig, run: dict, peak: float, device) -> dict:
     """Model FLOP/s of all the folds of a harness run over `peak`: training steps plus validation, both flip
     views with TTA."""
     views = 2 if train_cfg.tta_flip else 1
-    per_fold = (flops_per_image(model_cfg, device, train=True) * run["train_n"]
-                + flops_per_image(model_cfg, device, train=False) * views * run["val_n"])
+    per_fold = (_flops_per_image(model_cfg, device, True) * run["train_n"]
+                + _flops_per_image(model_cfg, device, False) * views * run["val_n"])
     flop_s = per_fold * run["processes"] / run["epoch_s"]
     return {"mfu": flop_s / peak, "model_flop_s": flop_s, "flops_per_fold_epoch": per_fold}
 
@@ -158,7 +162,7 @@ def full_search(timeout_s: float, say=print) -> tuple[float | None, dict]:
                           else tail}
         wall = time.monotonic() - t0
         summary_path = Path(storage) / "gpu-full" / "summary.json"
-        summary = __import__("json").loads(summary_path.read_text()) if summary_path.exists() else {}
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
         detail = {"returncode": r.returncode, "wall_s": round(wall, 1), "stdout_tail": r.stdout[-2000:],
                   "n_trials_completed": summary.get("n_trials_completed"),
                   "n_trials_pruned": summary.get("n_trials_pruned"),
@@ -166,10 +170,9 @@ def full_search(timeout_s: float, say=print) -> tuple[float | None, dict]:
         return (wall if r.returncode == 0 else None), detail
 
 
-def split(data, k: int = 5, seed: int = 0) -> dict:
-    """The engine's shared split of all 60k training images (distributed.run.prepare_run does the same)."""
-    return {"x": data.train_x, "y": data.train_y, "positions": np.arange(len(data.train_y)),
-            "folds": make_folds(data.train_y, k, seed)}
+def split(x: np.ndarray, y: np.ndarray, k: int = 5, seed: int = 0) -> dict:
+    """The engine's shared split of these training images, all of them (distributed.run.prepare_run's shape)."""
+    return {"x": x, "y": y, "positions": np.arange(len(y)), "folds": make_folds(y, k, seed)}
 
 
 def bench_gpu(data, device, quick: bool, say=print) -> tuple[dict, dict, dict]:
@@ -177,9 +180,8 @@ def bench_gpu(data, device, quick: bool, say=print) -> tuple[dict, dict, dict]:
     and no full search (checks the plumbing, on any device)."""
     t0 = time.monotonic()
     dev = str(device)
-    if quick:
-        data = type("Subset", (), {"train_x": data.train_x[:6000], "train_y": data.train_y[:6000]})
-    shared = split(data)
+    n = 6000 if quick else len(data.train_y)
+    shared = split(data.train_x[:n], data.train_y[:n])
     epochs = 1 if quick else 2
     details = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                "cuda": torch.version.cuda, "torch": torch.__version__, "levers": [], "configs": {}}
@@ -233,4 +235,6 @@ if __name__ == "__main__":  # the harness alone, e.g. to try a lever: python exp
     from distributed.config import DataConfig
     name = sys.argv[1] if len(sys.argv) > 1 else "C"
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    print(shared_epochs(split(load(DataConfig())), *CONFIGS[name], 2, dev, mps=os.environ.get("FMNIST_MPS") == "1"))
+    data = load(DataConfig())
+    print(shared_epochs(split(data.train_x, data.train_y), *CONFIGS[name], 2, dev,
+                        mps=os.environ.get("FMNIST_MPS") == "1"))

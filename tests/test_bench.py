@@ -332,8 +332,7 @@ def test_the_gpu_group_is_asked_for_by_name_and_refused_without_cuda(capsys):
 def test_the_fold_harness_runs_the_engines_fold_loop_in_one_process_per_fold(fmnist):
     """Two folds (and two trials' worth of them) of 600 real images, on the CPU: per-fold figures of the
     epoch that each fold trained on its own part of the engine's split."""
-    data = type("D", (), {"train_x": fmnist.train_x[:600], "train_y": fmnist.train_y[:600]})
-    shared = bench_gpu.split(data, k=2)
+    shared = bench_gpu.split(fmnist.train_x[:600], fmnist.train_y[:600], k=2)
     model = config.ModelConfig(width=4, depth=2, convs_per_block=1, fc_width=16)
     train = config.TrainConfig(epochs=1, batch_size=50, tta_flip=True)
     run = bench_gpu.shared_epochs(shared, model, train, 2, "cpu", k=2, trials=2, chunk="auto", cudnn=False)
