@@ -25,6 +25,24 @@ from distributed.config import ConfigError, ExperimentConfig
 KEEP_EPOCHS = 2  # fold checkpoints kept per trial and fold (the newest ones; the last epoch is always kept)
 
 
+def model_state(model: torch.nn.Module, ema=None) -> dict:
+    """A fold checkpoint's weights. `model` is always the fold's model, the one validated, ensembled and
+    exported: with a weight average (distributed.ema) that is the average, and the trained weights and the
+    average's update count ride along (`train_model`, `ema_updates`) for a resumed fold."""
+    if ema is None:
+        return {"model": model.state_dict()}
+    return {"model": ema.module.state_dict(), "train_model": model.state_dict(), "ema_updates": ema.updates}
+
+
+def restore_model(state: dict, model: torch.nn.Module, ema=None) -> None:
+    """Load model_state's weights back into the trained model (and its average)."""
+    if ema is None:
+        model.load_state_dict(state["model"])
+        return
+    model.load_state_dict(state["train_model"])
+    ema.load_state_dict({"module": state["model"], "updates": state["ema_updates"]})
+
+
 def fold_file(k: int) -> str:
     """The name of fold k's checkpoint inside an epoch directory."""
     return f"fold_{k}.pt"

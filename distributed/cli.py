@@ -31,9 +31,18 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got '{text}'")
 
 
+def _int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in text.split(",") if p)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got '{text}'") from None
+
+
 def _converter(type_text: str):
     """Turn a dataclass field's annotation (a string, from __future__ annotations) into an argparse type."""
     base = type_text.replace(" ", "").replace("|None", "")
+    if base.startswith("tuple[int"):
+        return _int_tuple
     if base.startswith("tuple"):
         return lambda s: tuple(p for p in s.split(",") if p)
     conv = {"int": int, "float": float, "str": str, "bool": _parse_bool}[base]

@@ -16,10 +16,11 @@ SHOWN_PRESETS = ("quick", "full")  # smoke is for tests
 GROUPS = (
     ("common", "common options",
      ("preset", "num_gpus", "name", "resume", "storage_path", "epochs", "num_samples", "address")),
-    ("search", "search", ("scheduler", "space", "search_seed", "grace_period", "reduction_factor", "racing_alpha")),
+    ("search", "search", ("scheduler", "space", "widths", "batch_sizes", "fc_widths", "search_seed", "grace_period",
+                          "reduction_factor", "racing_alpha")),
     ("model", "model and training",
      ("folds", "fold_seed", "width", "depth", "convs_per_block", "fc_width", "dropout", "lr", "weight_decay",
-      "batch_size", "label_smoothing", "erase_p", "rotate_deg", "flip_p", "tta_flip")),
+      "batch_size", "label_smoothing", "erase_p", "rotate_deg", "flip_p", "tta_flip", "ema_halflife")),
     ("data", "data", ("data_dir", "download", "limit_train", "subset_seed")),
     ("resources", "resources", ("gpus_per_worker", "cpus_per_worker", "max_concurrent_trials", "torch_threads",
                                 "eval_batch_size")),
@@ -55,6 +56,8 @@ HELP = {
     "rotate_deg": "random rotation of each image, up to this many degrees either way",
     "flip_p": "the chance of a horizontal flip of each image",
     "tta_flip": "score each validation image as the mean of it and its mirror (twice the inference)",
+    "ema_halflife": "validate, keep and ensemble a moving average of the weights whose half-life is this many "
+                    "epochs (0 turns it off)",
     "eval_batch_size": "images per step when evaluating",
     "torch_threads": "torch threads of each CPU fold worker (the folds already run in parallel)",
     "folds": "cross-validation folds: each trial trains one model per fold",
@@ -67,6 +70,9 @@ HELP = {
     "reduction_factor": "ASHA keeps the best 1/N of the trials at each rung",
     "racing_alpha": "fold-asha stops a trial below the cutoff only when the test's p-value is at most this",
     "space": "the hyperparameters the search samples, separated by commas; the others keep their values",
+    "widths": "the widths a searched width chooses from, separated by commas",
+    "batch_sizes": "the batch sizes a searched batch_size chooses from",
+    "fc_widths": "the head sizes a searched fc_width chooses from",
     "max_failures": "retries of a failed trial, and of a slot's failed fold workers",
     "keep_checkpoints": "the trials whose fold checkpoints stay once the search ends: all, the best one, or "
                         "the N best",
@@ -87,6 +93,7 @@ NONE = {
 
 # argparse's way to show choices, {a,b,c}, for the flags that have them
 METAVARS = {"num_gpus": "N", "data_dir": "DIR", "address": "ADDRESS", "space": "NAMES", "name": "NAME",
+            "widths": "N,N", "batch_sizes": "N,N", "fc_widths": "N,N",
             "storage_path": "PATH", "preset": "{" + ",".join(PRESETS) + "}",
             "scheduler": "{" + ",".join(SCHEDULERS) + "}", "keep_checkpoints": "{all,best,topk:N}"}
 TYPE_METAVARS = {"int": "N", "float": "X", "bool": "{on,off}", "str": "TEXT"}
@@ -107,7 +114,7 @@ def show(name: str, value) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, tuple):
-        return "all" if value == SEARCHABLE else ", ".join(value)
+        return "all" if value == SEARCHABLE else ", ".join(map(str, value))
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)

@@ -28,7 +28,8 @@ FOLD_METRICS = ("train_loss", "train_acc", "train_f1", "val_loss", "val_acc", "v
 
 # Hyperparameters the search space can sample (define_space in distributed/search.py; --space picks among
 # them); each is a field of ModelConfig or TrainConfig, and any one not searched keeps the config's value.
-SEARCHABLE = ("lr", "weight_decay", "dropout", "batch_size", "width", "depth", "label_smoothing", "erase_p")
+SEARCHABLE = ("lr", "weight_decay", "dropout", "batch_size", "width", "depth", "fc_width", "label_smoothing",
+              "erase_p")
 
 
 # The CLIs' exit codes (DESIGN section 4), named once. A search stops early through distributed.guard
@@ -81,6 +82,7 @@ class TrainConfig:
     rotate_deg: float = 10.0     # uniform random rotation in [-rotate_deg, +rotate_deg]
     flip_p: float = 0.5          # horizontal flip probability
     tta_flip: bool = False       # evaluate on the mean softmax of each image and its mirror (2x inference)
+    ema_halflife: float = 0.0    # validate an EMA of the weights whose half-life is this many epochs (0: off)
     eval_batch_size: int = 1024
     torch_threads: int = 1       # intra-op threads per CPU fold worker (the folds already run in parallel)
 
@@ -103,6 +105,9 @@ class SearchConfig:
     reduction_factor: int = 3    # ASHA: keep the top 1/reduction_factor at each rung
     racing_alpha: float = 0.1    # fold-asha: stop a trial below the cutoff only if the fold test's p <= this
     space: tuple[str, ...] = SEARCHABLE  # which hyperparameters are sampled; the rest stay fixed
+    widths: tuple[int, ...] = (16, 32, 64)         # the values a searched width takes
+    batch_sizes: tuple[int, ...] = (64, 128, 256)  # ... a searched batch_size
+    fc_widths: tuple[int, ...] = (128, 256, 512)   # ... a searched fc_width
     max_failures: int = 2        # retries of a failed trial (Tune) and of a failed worker group (Train)
     keep_checkpoints: str = "topk:5"  # fold checkpoints kept once every trial has ended: all, best or topk:N
 
@@ -167,12 +172,15 @@ PRESETS: dict[str, ExperimentConfig] = {
         search=dict(num_samples=5, grace_period=1, reduction_factor=3,
                     space=("lr", "weight_decay", "dropout", "label_smoothing")),
     ),
-    # For GPUs: all 60k images, 5 folds, the whole search space, tens of trials.
+    # For GPUs: all 60k images, 5 folds, the whole search space, tens of trials (BENCHMARKS.md section 9).
+    # GPU-sized choices: a step costs ~6 ms of launches whatever its size (DESIGN.md section 6), so batches of 64
+    # and width 16 bought nothing on a GPU but time (config D took as long as C with 4x fewer FLOPs).
     "full": _preset(
         "full",
         model=dict(width=64, depth=3, convs_per_block=2, fc_width=256),
         train=dict(epochs=30, batch_size=256, tta_flip=True),  # 2x inference: cheap on a GPU
-        search=dict(num_samples=40, grace_period=3, reduction_factor=3),
+        search=dict(num_samples=40, grace_period=3, reduction_factor=3, widths=(32, 48, 64),
+                    batch_sizes=(128, 256, 512), fc_widths=(128, 256, 512)),
     ),
 }
 
@@ -205,7 +213,9 @@ def choose_preset(explicit: str | None, num_gpus: float | None, gpus: float, sto
 
 def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
     d = dataclasses.asdict(cfg)
-    d["search"]["space"] = list(cfg.search.space)
+    for name, value in d["search"].items():
+        if isinstance(value, tuple):
+            d["search"][name] = list(value)
     return d
 
 
@@ -222,8 +232,9 @@ def from_dict(d: dict[str, Any]) -> ExperimentConfig:
         bad = set(values) - {f.name for f in fields(cls)}
         if bad:
             raise ConfigError(f"unknown keys {sorted(bad)} in config section '{section}'")
-        if "space" in values:
-            values["space"] = tuple(values["space"])
+        for f in fields(cls):  # JSON lists back into the tuples the config holds
+            if f.name in values and str(f.type).startswith("tuple"):
+                values[f.name] = tuple(values[f.name])
         kwargs[section] = cls(**values)
     return ExperimentConfig(**kwargs)
 
@@ -275,6 +286,8 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"--lr {t.lr}: must be > 0")
     if t.weight_decay < 0:
         raise ConfigError(f"--weight-decay {t.weight_decay}: must be >= 0")
+    if not 0 <= t.ema_halflife <= t.epochs:
+        raise ConfigError(f"--ema-halflife {t.ema_halflife}: must be between 0 (off) and --epochs ({t.epochs})")
     for flag, value in (("dropout", cfg.model.dropout), ("label-smoothing", t.label_smoothing),
                         ("erase-p", t.erase_p), ("flip-p", t.flip_p)):
         if not 0 <= value < 1 and not (flag in ("erase-p", "flip-p") and value == 1):
@@ -297,6 +310,11 @@ def validate(cfg: ExperimentConfig) -> None:
     bad = [p for p in s.space if p not in SEARCHABLE]
     if bad:
         raise ConfigError(f"--space {','.join(bad)}: not searchable; choose from {', '.join(SEARCHABLE)}")
+    for flag, choices, least in (("widths", s.widths, 1), ("batch-sizes", s.batch_sizes, 2),
+                                 ("fc-widths", s.fc_widths, 1)):
+        if not choices or min(choices) < least or len(set(choices)) != len(choices):
+            raise ConfigError(f"--{flag} {','.join(map(str, choices))}: give one or more different integers, "
+                              f"each at least {least}")
     if s.max_failures < 0:
         raise ConfigError(f"--max-failures {s.max_failures}: must be >= 0")
     keep_checkpoints_count(s.keep_checkpoints)

@@ -6,6 +6,8 @@ asking the coordinator (distributed.coordinator) for the next one. For each tria
 on K-1 folds and evaluates on the held-out fold, every epoch, and writes (distributed.checkpoints)
 
     RUN_DIR/folds/<trial>/epoch_NNN/fold_<k>.pt        weights, optimizer, schedule, RNG, metrics, history
+                                                       (with an EMA: `model` is the average, `train_model`
+                                                       the trained weights)
     RUN_DIR/folds/<trial>/epoch_NNN/oof_fold_<k>.npz   after the last epoch: the out-of-fold predictions
 
 then reports the epoch's metrics to the coordinator, which hands the fold-mean to the trial's Tune client.
@@ -27,8 +29,10 @@ import torch
 
 from distributed import storage
 from distributed.checkpoints import (epoch_dir, fold_file, fold_seed, latest_fold_epoch, load_fold_state,
-                                     prune_old_epoch, restore_rng, rng_state, write_fold_state, write_oof)
+                                     model_state, prune_old_epoch, restore_model, restore_rng, rng_state,
+                                     write_fold_state, write_oof)
 from distributed.config import EXIT_BAD_INPUT, EXIT_DISK_FULL, apply_hparams, from_dict
+from distributed.ema import make_ema
 from distributed.files import is_disk_full, low_disk_message
 from distributed.model import make_model
 from distributed.train import evaluate, make_optimizer, steps_per_epoch, train_one_epoch
@@ -78,11 +82,13 @@ def run_fold(job: dict, fold: Fold, cfg, run_root: str, coordinator, node: dict)
 
     # ---- model, optimizer, schedule; resume from this fold's latest checkpoint of the trial
     model = make_model(model_cfg, device)
-    optimizer, scheduler = make_optimizer(model, train_cfg, steps_per_epoch(len(fold.x_tr), train_cfg.batch_size))
+    steps = steps_per_epoch(len(fold.x_tr), train_cfg.batch_size)
+    optimizer, scheduler = make_optimizer(model, train_cfg, steps)
+    ema = make_ema(model, train_cfg.ema_halflife, steps)  # None, or the weights that are validated and kept
     start_epoch, history = latest_fold_epoch(run_root, trial_id, k), []
     if start_epoch:
         state = load_fold_state(f"{epoch_dir(run_root, trial_id, start_epoch)}/{fold_file(k)}")
-        model.load_state_dict(state["model"])
+        restore_model(state, model, ema)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history = state["history"]
@@ -100,11 +106,12 @@ def run_fold(job: dict, fold: Fold, cfg, run_root: str, coordinator, node: dict)
         if first_step:
             coordinator.started.remote(trial_id, k, time.time())
             first_step = False
-        tr = train_one_epoch(model, optimizer, scheduler, fold.x_tr, fold.y_tr, train_cfg,
+        tr = train_one_epoch(model, optimizer, scheduler, fold.x_tr, fold.y_tr, train_cfg, ema=ema,
                              should_stop=lambda: ray.get(coordinator.is_over.remote(trial_id)))
         if tr.get("stopped"):
             return
-        ev = evaluate(model, fold.x_val, fold.y_val, train_cfg.eval_batch_size, tta_flip=train_cfg.tta_flip)
+        kept = ema.module if ema else model  # the fold's model: validated, checkpointed, ensembled
+        ev = evaluate(kept, fold.x_val, fold.y_val, train_cfg.eval_batch_size, tta_flip=train_cfg.tta_flip)
         metrics = {"fold": k, "epoch": epoch, **node, "lr": tr["lr"],
                    "seconds": tr["seconds"] + ev["seconds"],
                    "train_loss": tr["loss"], "train_acc": tr["acc"], "train_f1": tr["f1"],
@@ -115,7 +122,7 @@ def run_fold(job: dict, fold: Fold, cfg, run_root: str, coordinator, node: dict)
             return
         history.append(metrics)
         out = epoch_dir(run_root, trial_id, epoch)
-        write_fold_state(out, k, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        write_fold_state(out, k, {**model_state(model, ema), "optimizer": optimizer.state_dict(),
                                   "scheduler": scheduler.state_dict(), "epoch": epoch, "fold": k,
                                   **rng_state(device), "model_config": model_cfg.__dict__,
                                   "train_config": train_cfg.__dict__, "metrics": metrics, "history": history})

@@ -27,6 +27,7 @@ def train_loop(config: dict) -> None:
     import ray.train.torch
 
     from distributed.config import ModelConfig, TrainConfig
+    from distributed.ema import make_ema
     from distributed.model import make_model
     from distributed.train import make_optimizer, steps_per_epoch, train_one_epoch
 
@@ -38,9 +39,11 @@ def train_loop(config: dict) -> None:
     x, y = torch.tensor(data["x"], device=device), torch.tensor(data["y"], device=device)  # copies: read-only
     torch.manual_seed(config["seed"])
     model = make_model(model_cfg, device)
-    optimizer, scheduler = make_optimizer(model, train_cfg, steps_per_epoch(len(x), train_cfg.batch_size))
+    steps = steps_per_epoch(len(x), train_cfg.batch_size)
+    optimizer, scheduler = make_optimizer(model, train_cfg, steps)
+    ema = make_ema(model, train_cfg.ema_halflife, steps)  # as a fold worker: the average is the model kept
     for epoch in range(1, train_cfg.epochs + 1):
-        tr = train_one_epoch(model, optimizer, scheduler, x, y, train_cfg)
+        tr = train_one_epoch(model, optimizer, scheduler, x, y, train_cfg, ema=ema)
         config["progress"].put(f"refit: epoch {epoch}/{train_cfg.epochs}: train_loss {tr['loss']:.4f}, "
                                f"train_acc {tr['acc']:.4f}, {tr['seconds']:.1f} s on {device}")
         metrics = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "seconds": tr["seconds"]}
@@ -48,7 +51,7 @@ def train_loop(config: dict) -> None:
             ray.train.report(metrics)
             continue
         with tempfile.TemporaryDirectory() as d:
-            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            state = {k: v.detach().cpu() for k, v in (ema.module if ema else model).state_dict().items()}
             torch.save(state, os.path.join(d, "model.pt"))
             ray.train.report({**metrics, "device": str(device)},
                              checkpoint=ray.train.Checkpoint.from_directory(d))

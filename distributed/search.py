@@ -24,8 +24,11 @@ KILL_AT_SAVE_ENV = "FMNIST_TEST_KILL_DRIVER_AT_SAVE"  # test-only hook: "N:DIR" 
 # driver's staging directory while the next save writes it
 
 
-def define_space(trial: optuna.Trial, space: tuple[str, ...]) -> None:
-    """Sample the hyperparameters named in `space`; does no other work. Log scales where multiplicative."""
+def define_space(trial: optuna.Trial, space: tuple[str, ...], widths=(16, 32, 64), batch_sizes=(64, 128, 256),
+                 fc_widths=(128, 256, 512)) -> None:
+    """Sample the hyperparameters named in `space`; does no other work. Log scales where multiplicative.
+    widths / batch_sizes / fc_widths: the choices of the categorical ones (SearchConfig; the defaults are those
+    of runs made before they were settings)."""
     if "lr" in space:
         trial.suggest_float("lr", 3e-4, 1e-2, log=True)             # peak LR of the one-cycle schedule
     if "weight_decay" in space:
@@ -33,11 +36,13 @@ def define_space(trial: optuna.Trial, space: tuple[str, ...]) -> None:
     if "dropout" in space:
         trial.suggest_float("dropout", 0.0, 0.6)
     if "batch_size" in space:
-        trial.suggest_categorical("batch_size", [64, 128, 256])
+        trial.suggest_categorical("batch_size", list(batch_sizes))
     if "width" in space:
-        trial.suggest_categorical("width", [16, 32, 64])             # channels of the first block
+        trial.suggest_categorical("width", list(widths))             # channels of the first block
     if "depth" in space:
         trial.suggest_int("depth", 2, 3)
+    if "fc_width" in space:
+        trial.suggest_categorical("fc_width", list(fc_widths))       # hidden units of the head
     if "label_smoothing" in space:
         trial.suggest_float("label_smoothing", 0.0, 0.2)
     if "erase_p" in space:
@@ -180,7 +185,8 @@ def make_searcher(cfg: ExperimentConfig, storage_url: str) -> CVOptunaSearch:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is ours to print, one line per epoch
     storage = optuna.storages.RDBStorage(storage_url)
     return CVOptunaSearch(
-        space=functools.partial(define_space, space=tuple(cfg.search.space)),
+        space=functools.partial(define_space, space=tuple(cfg.search.space), widths=cfg.search.widths,
+                                batch_sizes=cfg.search.batch_sizes, fc_widths=cfg.search.fc_widths),
         metric=METRIC, mode=MODE,
         sampler=optuna.samplers.TPESampler(seed=cfg.search.search_seed),
         study_name=cfg.name, storage=storage,

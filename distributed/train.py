@@ -108,12 +108,13 @@ def augmented_batches(x_u8: torch.Tensor, order: torch.Tensor, bs: int, steps: i
 
 def train_one_epoch(model, optimizer, scheduler, x_u8: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
                     generator: torch.Generator | None = None, should_stop=None, check_every_s: float = 1.0,
-                    chunk: int | None = None) -> dict:
+                    chunk: int | None = None, ema=None) -> dict:
     """x_u8 (N, 28, 28) uint8 and y (N,) on the model's device. Returns loss, acc, f1, lr, seconds, n.
 
     should_stop: a callable asked about once every `check_every_s` seconds; when it says True the epoch ends
     at once and the dict is {"stopped": True, "seconds": ...} (a slot abandoning a trial that Tune stopped).
     chunk: images augmented per call (default aug_chunk(device, batch size)).
+    ema: the model's distributed.ema.WeightEMA, moved after every optimizer step (None: no weight average).
     """
     device = x_u8.device
     model.train()
@@ -138,6 +139,8 @@ def train_one_epoch(model, optimizer, scheduler, x_u8: torch.Tensor, y: torch.Te
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update()
         total_loss += loss.detach() * len(yb)
         preds.append(logits.detach().argmax(1))
         trues.append(yb)

@@ -14,6 +14,9 @@ process:
               test accuracy (flip TTA, as the recipe says), and the best test accuracy within 15 minutes.
   ensemble    bench_ensemble.py: the full preset's 5-fold ensemble, read from a finished full-preset run and
               its report (--ensemble-run RUN_DIR); without one, only an estimate of its training time.
+  recipe      bench_recipe.py (only with --only recipe: 6 fixed 5-fold runs, about 12 minutes on 2 cores): a recipe
+              change (the EMA of the weights) against the recipe without it, 3 seeds, paired: fold-mean validation
+              accuracy and the 5-fold ensemble's test accuracy.
   racing      bench_racing.py (only with --only racing: 15 searches, about 3 hours on 2 cores): the hpo group's
               search with FIFO, ASHA and fold-asha for each of 5 Optuna seeds: per scheduler the epochs used,
               the best fold-mean accuracy, the regret against FIFO's best and how often it stopped FIFO's winner.
@@ -26,8 +29,9 @@ bench_goals.py.
     python experiments/bench.py                          # everything, into bench.json (about an hour on 2 cores)
     python experiments/bench.py --quick --out /tmp/b.json  # reduced sizes, a few minutes: checks the plumbing
     python experiments/bench.py --only throughput        # re-measure some groups, keep the others in --out
-    python experiments/bench.py --only ensemble --ensemble-run results/full   # figure 6 from a full run
+    python experiments/bench.py --only ensemble --ensemble-run results/full   # figure 6 from a full run (GPU: gpu_ keys)
     python experiments/bench.py --only racing --racing-dir racing   # fold-asha against ASHA and FIFO, 5 seeds
+    python experiments/bench.py --only recipe           # EMA of the weights against none, 3 seeds, paired
     python experiments/bench.py --only gpu               # on a GPU machine: per-fold epoch s, MFU, full search
 """
 from __future__ import annotations
@@ -47,6 +51,7 @@ import bench_accuracy  # noqa: E402
 import bench_ensemble  # noqa: E402
 import bench_gpu  # noqa: E402
 import bench_racing  # noqa: E402
+import bench_recipe  # noqa: E402
 import bench_search  # noqa: E402
 import bench_throughput  # noqa: E402
 from bench_common import load_avg, machine, priority, versions  # noqa: E402
@@ -61,11 +66,12 @@ GROUPS = {  # each group's figures, in bench.json's and the printed table's orde
     "hpo": bench_search.HPO_KEYS,
     "accuracy": bench_accuracy.KEYS,
     "ensemble": bench_ensemble.KEYS,
+    "recipe": bench_recipe.KEYS,
     "racing": bench_racing.KEYS,
     "gpu": bench_gpu.KEYS,
 }
-# racing is 15 searches, gpu needs a CUDA GPU: both are asked for by name
-DEFAULT_GROUPS = tuple(g for g in GROUPS if g not in ("racing", "gpu"))
+# recipe is 6 runs and racing 15 searches, gpu needs a CUDA GPU: they are asked for by name
+DEFAULT_GROUPS = tuple(g for g in GROUPS if g not in ("recipe", "racing", "gpu"))
 FIGURES = tuple(k for keys in GROUPS.values() for k in keys)
 
 
@@ -91,6 +97,8 @@ def measure(group: str, args, data, device: torch.device, repeats: int) -> tuple
         return bench_search.bench_hpo(args.quick, args.hpo_args.split())
     if group == "accuracy":
         return bench_accuracy.bench_accuracy(data, device, args.quick)
+    if group == "recipe":
+        return bench_recipe.bench_recipe(args.quick, args.recipe_args.split())
     if group == "racing":
         return bench_racing.bench_racing(args.quick, args.racing_args.split(), args.racing_dir, args.racing_seeds)
     if group == "gpu":
@@ -123,15 +131,20 @@ def main(argv=None) -> int:
                              f"e.g. '--limit-train 10000'")
     parser.add_argument("--racing-args", default="",
                         help=f"extra tune.py flags for the racing searches (after {' '.join(bench_search.HPO_ARGS)})")
+    parser.add_argument("--recipe-args", default="",
+                        help="extra tune.py flags for the recipe group's runs (after --preset quick), e.g. "
+                             "'--limit-train 10000'")
     parser.add_argument("--racing-dir", type=Path, default=None,
                         help="keep the racing group's 15 runs here (seed{S}-{scheduler}) and reuse the finished "
                              "ones of the same search, so an interrupted benchmark continues (default: a temporary "
                              "directory)")
     parser.add_argument("--racing-seeds", type=seed_list, default=bench_racing.RACING_SEEDS,
                         help="comma-separated Optuna seeds of the racing group (default 0,1,2,3,4)")
-    parser.add_argument("--ensemble-run", default=None, type=Path,
+    parser.add_argument("--ensemble-run", default=None, type=Path, action="append",
                         help="a finished run of the full preset, with its report: figure 6 is its 5-fold "
-                             "ensemble's test accuracy (default: not measured, an estimate of the time only)")
+                             "ensemble's test accuracy (GPU runs: gpu_full_ensemble_test_acc and gpu_full_search_s); "
+                             "give it again for each further run, say a second --search-seed: the figure is their "
+                             "mean (default: not measured, an estimate of the time only)")
     args = parser.parse_args(argv)
     groups = [g for g in args.only.split(",") if g]
     bad = [g for g in groups if g not in GROUPS]
@@ -141,7 +154,8 @@ def main(argv=None) -> int:
         if "ensemble" not in groups:
             parser.error("--ensemble-run: add ensemble to --only")
         try:
-            bench_ensemble.check_ensemble_run(args.ensemble_run)
+            for run_dir in args.ensemble_run:
+                bench_ensemble.check_ensemble_run(run_dir)
         except ConfigError as e:
             parser.error(str(e))
     repeats = args.repeats or (2 if args.quick else 5)
@@ -169,9 +183,11 @@ def main(argv=None) -> int:
         figures, details, reasons = measure(group, args, data, device, repeats)
         if group == "gpu":
             out["gpu_device"] = details["device"]
-        for key in GROUPS[group]:  # a null figure carries its reason; a measured one drops an old reason
+        # A null figure carries its reason; a measured one drops an old reason. A group may leave out figures it
+        # did not measure this time (the ensemble of CPU runs has no GPU figure): those keep their values.
+        for key, value in figures.items():
             notes.pop(key, None)
-            if figures[key] is None:
+            if value is None:
                 notes[key] = reasons[key]
         out.update(figures)
         notes["details"][group] = details

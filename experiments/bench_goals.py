@@ -52,6 +52,11 @@ GOALS = (
     ("best_test_acc_15min", "best test accuracy within 15 minutes of training", "", None),
     ("full_ensemble_test_acc", "test accuracy of the full preset's best 5-fold ensemble", ">= 0.945",
      lambda v: v >= 0.945),
+    ("recipe_ema_val_gain", "EMA of the weights (half-life 0.25 epoch): fold-mean val acc gain, quick preset "
+     "(paired, mean of 3 seeds)", "> 0", lambda v: v > 0),
+    ("recipe_ema_rung_gain", "... at the first ASHA rung (epoch = grace period)", "", None),
+    ("recipe_ema_test_gain", "... 5-fold ensemble test acc gain (measured after the choice, never used for it)", "",
+     None),
     ("racing_regret_asha", "ASHA's regret: FIFO's best fold-mean accuracy minus ASHA's (median over seeds)", "",
      None),
     ("racing_regret_fold_asha", "fold-asha's regret, the same way (median over seeds)", "<= half of ASHA's",
@@ -71,6 +76,8 @@ GOALS = (
      lambda v: v <= 300),
     ("gpu_fixed_trial_acc", "GPU: fold-mean val acc of config A's trial (30 epochs)", ">= 0.948",
      lambda v: v >= 0.948),
+    ("gpu_full_ensemble_test_acc", "GPU: test acc of the full search's best 5-fold ensemble (bench.py --only "
+     "ensemble --ensemble-run RUN)", ">= 0.955", lambda v: v >= 0.955),
 )
 TABLE_BEGIN, TABLE_END = "<!-- bench.py table: begin -->", "<!-- bench.py table: end -->"
 

@@ -68,6 +68,7 @@ def fold_worker(rank: int, k: int, shared: dict, model_cfg: ModelConfig, train_c
     from distributed.checkpoints import fold_seed
     from distributed.config import ExperimentConfig
     from distributed.cv import Fold
+    from distributed.ema import make_ema
     from distributed.model import make_model
     from distributed.train import evaluate, make_optimizer, steps_per_epoch, train_one_epoch
     device = torch.device(device_name)
@@ -79,13 +80,16 @@ def fold_worker(rank: int, k: int, shared: dict, model_cfg: ModelConfig, train_c
     data = Fold(shared, fold, device)  # the fold's part of the data on the device, as a slot's worker holds it
     model = make_model(model_cfg, device)
     cfg = replace(train_cfg, epochs=max(train_cfg.epochs, epochs))
-    opt, sched = make_optimizer(model, cfg, steps_per_epoch(len(data.x_tr), cfg.batch_size))
+    steps = steps_per_epoch(len(data.x_tr), cfg.batch_size)
+    opt, sched = make_optimizer(model, cfg, steps)
+    ema = make_ema(model, cfg.ema_halflife, steps)  # the recipe's weight average, as the fold loop keeps it
     barrier.wait()  # every fold starts its first step together
     out = []
     for _ in range(epochs):
-        tr = train_one_epoch(model, opt, sched, data.x_tr, data.y_tr, cfg,
+        tr = train_one_epoch(model, opt, sched, data.x_tr, data.y_tr, cfg, ema=ema,
                              chunk=cfg.batch_size if chunk == "batch" else None)
-        ev = evaluate(model, data.x_val, data.y_val, cfg.eval_batch_size, tta_flip=cfg.tta_flip)
+        ev = evaluate(ema.module if ema else model, data.x_val, data.y_val, cfg.eval_batch_size,
+                      tta_flip=cfg.tta_flip)
         out.append({"seconds": tr["seconds"] + ev["seconds"], "train_n": tr["n"], "val_n": ev["n"],
                     "val_acc": ev["acc"]})
     results.put((rank, out))

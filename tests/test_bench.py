@@ -27,7 +27,8 @@ TOP_LEVEL = {"throughput_img_s", "throughput_vs_compute_only", "throughput_vs_se
              "overhead_fraction", "asha_epoch_ratio", "asha_acc_gap", "time_to_93_s", "best_test_acc_15min",
              "full_ensemble_test_acc", "trial_start_latency_s", "search_start_s", "quick_search_wall_s", "racing_epoch_ratio", "racing_regret_asha",
              "racing_regret_fold_asha", "racing_asha_stops_fifo_winner", "racing_fold_asha_stops_fifo_winner", "machine", "versions", "repeats", "notes",
-             "gpu_epoch_s_small", "gpu_epoch_s_wide", "gpu_mfu_deep", "gpu_full_search_s", "gpu_fixed_trial_acc"}
+             "gpu_epoch_s_small", "gpu_epoch_s_wide", "gpu_mfu_deep", "gpu_full_search_s", "gpu_fixed_trial_acc",
+             "gpu_full_ensemble_test_acc", "recipe_ema_val_gain", "recipe_ema_rung_gain", "recipe_ema_test_gain"}
 # mfu is not among them: --quick times 2 short passes against a 3-matmul peak, which can put it above 1
 # (1.04-1.05 seen on 2026-12-01 when the suite ran test_config first); the plumbing check asserts it positive.
 FRACTIONS = ("overhead_fraction", "best_test_acc_15min", "full_ensemble_test_acc")
@@ -229,7 +230,7 @@ def test_the_markdown_table_shows_each_figure_against_its_goal(tmp_path):
     assert text.startswith("# Benchmarks\n\nintro\n\n<!-- bench.py table: begin -->") and text.endswith("-->\n\nafter\n")
     assert "stale row" not in text and text.count("<!-- bench.py table: begin -->") == 1
     rows = {line.split("`")[1]: line.split(" | ")[1:] for line in text.splitlines() if line.startswith("| `")}
-    assert len(rows) == 23
+    assert len(rows) == 27  # GOALS: 23, the GPU ensemble and the recipe group's three
     assert rows["gpu_full_search_s"] == ["null: not measured", "<= 300", "not measured |"]
     assert rows["mfu"] == ["0.61", ">= 0.60", "yes |"]
     assert rows["overhead_fraction"] == ["0.5", "<= 0.15", "**no** |"]
@@ -270,30 +271,66 @@ def test_tune_command_names_every_field_that_differs_from_the_preset():
     assert bench_ensemble.tune_command(config.PRESETS["quick"]) == "python experiments/tune.py --preset quick --name quick"
 
 
-def make_full_run(run_dir, preset="full", report=True):
+def make_full_run(run_dir, preset="full", report=True, gpu=False, test_acc=0.9468, wall_s=4200.0, seed=0):
     """A finished run directory as tune.py and report.py leave it, reduced to what figure 6 reads."""
-    cfg = config.override(config.PRESETS[preset], name=run_dir.name, width=32, depth=2, epochs=10)
+    cfg = config.override(config.PRESETS[preset], name=run_dir.name, width=32, depth=2, epochs=10, search_seed=seed)
     run_dir.mkdir(parents=True)
     config.save(cfg, run_dir / "config.json")
+    devices = {"num_gpus": 1, "gpus_per_worker": 0.2, "cpus_per_worker": 1} if gpu else \
+        {"num_gpus": 0, "gpus_per_worker": 0, "cpus_per_worker": 0.4}
     (run_dir / "summary.json").write_text(json.dumps(
-        {"n_train": 60000, "best_trial_id": "t1", "best_config": {}, "wall_s": 4200.0,
-         "best_cv": {"val_acc_mean": 0.9321}}))
+        {"n_train": 60000, "best_trial_id": "t1", "best_config": {}, "wall_s": wall_s,
+         "best_cv": {"val_acc_mean": 0.9321}, "devices": devices, "n_trials": 40, "epochs_run_total": 400}))
     if report:
         (run_dir / "report").mkdir()
         (run_dir / "report" / "metrics.json").write_text(json.dumps(
-            {"test_acc": 0.9468, "test_macro_f1": 0.9467, "test_acc_per_fold": [0.941, 0.94, 0.939, 0.942, 0.94],
+            {"test_acc": test_acc, "test_macro_f1": 0.9467, "test_acc_per_fold": [0.941, 0.94, 0.939, 0.942, 0.94],
              "oof_val_acc": 0.9322}))
     return run_dir
 
 
 def test_figure_6_is_the_reports_ensemble_test_accuracy(tmp_path):
-    run = make_full_run(tmp_path / "full-e10")
-    figures, details, reasons = bench_ensemble.ensemble_from_run(run)
-    assert figures == {"full_ensemble_test_acc": 0.9468} and reasons == {}
-    assert details["command"] == "python experiments/tune.py --preset full --name full-e10 --width 32 --depth 2 --epochs 10"
-    assert (details["folds"], details["n_train"], details["epochs"]) == (5, 60000, 10)
-    assert details["test_acc_per_fold"] == [0.941, 0.94, 0.939, 0.942, 0.94] and details["oof_val_acc"] == 0.9322
-    assert details["model"]["width"] == 32 and details["train"]["tta_flip"] is True
+    run = bench_ensemble.ensemble_from_run(make_full_run(tmp_path / "full-e10"))
+    assert bench_ensemble.ensemble_figures([run]) == {"full_ensemble_test_acc": 0.9468}
+    assert run["command"] == "python experiments/tune.py --preset full --name full-e10 --width 32 --depth 2 --epochs 10"
+    assert (run["folds"], run["n_train"], run["epochs"], run["gpu"]) == (5, 60000, 10, False)
+    assert run["test_acc_per_fold"] == [0.941, 0.94, 0.939, 0.942, 0.94] and run["oof_val_acc"] == 0.9322
+    assert run["model"]["width"] == 32 and run["train"]["tta_flip"] is True
+    assert bench_ensemble.describe(run) == (
+        f"  {run['run_dir']} (CPU, search seed 0): ensemble test 0.9468, fold models 0.9410, 0.9400, 0.9390, "
+        f"0.9420, 0.9400; out-of-fold 0.9322; search 4200 s")
+
+
+def test_gpu_runs_give_the_gpu_figures_their_mean_accuracy_and_slowest_search(tmp_path):
+    runs = [bench_ensemble.ensemble_from_run(make_full_run(tmp_path / f"s{seed}", gpu=True, test_acc=acc,
+                                                           wall_s=wall, seed=seed))
+            for seed, acc, wall in ((0, 0.956, 480.0), (1, 0.954, 530.0))]
+    assert [r["gpu"] for r in runs] == [True, True] and [r["search_seed"] for r in runs] == [0, 1]
+    assert bench_ensemble.ensemble_figures(runs) == {"gpu_full_ensemble_test_acc": pytest.approx(0.955),
+                                                     "gpu_full_search_s": 530.0}
+    cpu = bench_ensemble.ensemble_from_run(make_full_run(tmp_path / "cpu"))
+    with pytest.raises(config.ConfigError, match="some runs trained on GPUs and some on CPUs"):
+        bench_ensemble.ensemble_figures([runs[0], cpu])
+
+
+def test_bench_ensemble_of_gpu_runs_keeps_the_cpu_figure(tmp_path):
+    """Two GPU runs (two search seeds) through bench.py: the GPU figures are written, the CPU one stays."""
+    out = tmp_path / "bench.json"
+    runs = [make_full_run(tmp_path / f"s{seed}", gpu=True, test_acc=acc, wall_s=wall, seed=seed)
+            for seed, acc, wall in ((0, 0.957, 480.0), (1, 0.955, 530.0))]
+    bench.main(["--quick", "--only", "ensemble", "--out", str(out), "--markdown", "none"])
+    b = json.loads(out.read_text())
+    b["full_ensemble_test_acc"] = 0.9419  # as measured on the CPU before
+    out.write_text(json.dumps(b))
+    bench.main(["--quick", "--only", "ensemble", "--ensemble-run", str(runs[0]), "--ensemble-run", str(runs[1]),
+                "--out", str(out), "--markdown", "none"])
+    b = json.loads(out.read_text())
+    assert b["full_ensemble_test_acc"] == 0.9419
+    assert b["gpu_full_ensemble_test_acc"] == pytest.approx(0.956) and b["gpu_full_search_s"] == 530.0
+    assert "gpu_full_ensemble_test_acc" not in b["notes"] and "gpu_full_search_s" not in b["notes"]
+    details = b["notes"]["details"]["ensemble"]
+    assert [r["test_acc"] for r in details["runs"]] == [0.957, 0.955]
+    assert [len(r["test_acc_per_fold"]) for r in details["runs"]] == [5, 5]
 
 
 @pytest.mark.parametrize("make, message", [
@@ -361,3 +398,34 @@ def test_the_issues_configurations_are_the_ones_measured():
     m, t = bench_gpu.FIXED_TRIAL
     assert (t.lr, t.weight_decay, m.dropout, t.label_smoothing, t.erase_p, m.convs_per_block, m.fc_width,
             t.tta_flip, t.epochs) == (0.00206, 0.00442, 0.362, 0.158, 0.264, 2, 256, True, 30)
+
+
+# ---------------------------------------------------------------- the recipe group
+
+
+def test_the_recipe_figures_are_paired_differences_over_the_seeds():
+    import bench_recipe
+    runs = {"base": {0: {"val_acc_mean": 0.90, "test_acc": 0.89}, 1: {"val_acc_mean": 0.91, "test_acc": 0.90}},
+            "ema": {0: {"val_acc_mean": 0.905, "test_acc": 0.893}, 1: {"val_acc_mean": 0.913, "test_acc": 0.899}}}
+    assert bench_recipe.paired_gain(runs, "ema", lambda r: r["val_acc_mean"], (0, 1)) == pytest.approx(0.004)
+    assert bench_recipe.paired_gain(runs, "ema", lambda r: r["test_acc"], (0, 1)) == pytest.approx(0.001)
+    assert bench_recipe.VARIANTS["base"] == ["--ema-halflife", "0"] and bench.GROUPS["recipe"] == bench_recipe.KEYS
+    assert "recipe" not in bench.DEFAULT_GROUPS  # six 5-fold runs: asked for by name
+
+
+@pytest.mark.slow
+def test_the_recipe_group_trains_each_variant_and_seed_and_reads_the_test_set_as_the_report(tmp_path):
+    """bench.py --quick --only recipe: 2 seeds x 2 variants of a smoke run, each evaluated like the report."""
+    out = tmp_path / "bench.json"
+    bench.main(["--quick", "--only", "recipe", "--out", str(out), "--markdown", "none"])
+    b = json.loads(out.read_text())
+    details = b["notes"]["details"]["recipe"]
+    assert details["seeds"] == [0, 1] and set(details["runs"]) == {"base", "ema"}
+    for variant in ("base", "ema"):
+        for seed in ("0", "1"):
+            r = details["runs"][variant][seed]
+            assert len(r["val_acc_curve"]) == r["epochs"] == 2 and len(r["test_acc_per_fold"]) == 2
+            assert 0 <= r["test_acc"] <= 1 and r["val_acc_mean"] == r["val_acc_curve"][-1]
+    base, ema = details["runs"]["base"], details["runs"]["ema"]
+    expected = sum(ema[s]["test_acc"] - base[s]["test_acc"] for s in ("0", "1")) / 2
+    assert b["recipe_ema_test_gain"] == pytest.approx(expected)

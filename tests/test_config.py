@@ -51,6 +51,10 @@ def test_leaf_names_unique_and_cover_searchable():
     (dict(num_gpus=-1.0), "--num-gpus -1.0: must be >= 0"),
     (dict(gpus_per_worker=1.5), r"--gpus-per-worker 1.5: must be in \(0, 1\]"),
     (dict(preset="huge"), "unknown preset 'huge'"),
+    (dict(widths=()), "--widths : give one or more different integers, each at least 1"),
+    (dict(batch_sizes=(128, 1)), "--batch-sizes 128,1: give one or more different integers, each at least 2"),
+    (dict(fc_widths=(256, 256)), "--fc-widths 256,256: give one or more different integers"),
+    (dict(ema_halflife=7.0), r"--ema-halflife 7.0: must be between 0 \(off\) and --epochs \(6\)"),
     (dict(name="../x"), "bad run name '../x'"),
 ])
 def test_validate_names_the_bad_value(values, message):
@@ -100,3 +104,25 @@ PRESET_CHOICES = [
 def test_choose_preset_known_answers(given, expected):
     preset, why = choose_preset(*given)
     assert preset == expected[0] and expected[1] in why
+
+
+def test_the_search_choices_travel_as_integers_through_config_json_and_the_command_line(capsys):
+    import argparse
+
+    from distributed.cli import ArgumentParser, add_config_flags
+    cfg = override(PRESETS["full"], widths=(32, 64), batch_sizes=(512,))
+    d = to_dict(cfg)
+    assert d["search"]["widths"] == [32, 64] and d["search"]["fc_widths"] == [128, 256, 512]
+    assert from_dict(d) == cfg and from_dict(d).search.widths == (32, 64)
+    del d["search"]["widths"]  # a config.json written before the choices were settings: the old choices
+    assert from_dict(d).search.widths == (16, 32, 64)
+
+    parser = ArgumentParser(prog="tune.py", formatter_class=argparse.HelpFormatter)
+    add_config_flags(parser)
+    args = parser.parse_args(["--widths", "32,48", "--batch-sizes", "256", "--ema-halflife", "0.5"])
+    assert (args.widths, args.batch_sizes, args.ema_halflife) == ((32, 48), (256,), 0.5)
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["--widths", "32,wide"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == ("tune.py: error: argument --widths: expected integers separated by commas, "
+                                       "got '32,wide'\n")

@@ -18,6 +18,7 @@ def test_space_samples_exactly_the_named_hyperparameters():
         assert set(p) == set(SEARCHABLE)
         assert 3e-4 <= p["lr"] <= 1e-2 and 1e-5 <= p["weight_decay"] <= 5e-2
         assert p["batch_size"] in (64, 128, 256) and p["width"] in (16, 32, 64) and p["depth"] in (2, 3)
+        assert p["fc_width"] in (128, 256, 512)
         assert 0 <= p["dropout"] <= 0.6 and 0 <= p["label_smoothing"] <= 0.2 and 0 <= p["erase_p"] <= 0.5
     assert study.trials[0].distributions["lr"].log and study.trials[0].distributions["weight_decay"].log
     trial = study.ask()
@@ -137,3 +138,22 @@ def test_resume_settles_every_running_optuna_trial_by_what_tune_saved(tmp_path, 
     # the search's 6 trials are counted from the trials Tune has (4), not from the suggestions Optuna saw (5)
     assert fresh.live_trials() == [] and fresh.suggest("next") is not None and fresh.suggest("last") is not None
     assert fresh.suggest("more") == "FINISHED" and fresh.live_trials() == ["next", "last"]
+
+
+def test_the_full_presets_choices_are_its_own():
+    """The full preset searches GPU-sized batches and widths (no batch 64, no width 16: slow per image on a GPU
+    and weak); the searcher gets the preset's choices."""
+    full = PRESETS["full"].search
+    assert (full.widths, full.batch_sizes, full.fc_widths) == ((32, 48, 64), (128, 256, 512), (128, 256, 512))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = {"width": set(), "batch_size": set(), "fc_width": set()}
+    for _ in range(60):
+        trial = study.ask()
+        define_space(trial, full.space, full.widths, full.batch_sizes, full.fc_widths)
+        for name in seen:
+            seen[name].add(trial.params[name])
+    assert seen == {"width": {32, 48, 64}, "batch_size": {128, 256, 512}, "fc_width": {128, 256, 512}}
+    cfg = override(PRESETS["full"], name="unit", widths=(32, 64), batch_sizes=(256,))
+    searcher = make_searcher(cfg, "sqlite:///:memory:")
+    configs = [searcher.suggest(f"t{i}") for i in range(8)]
+    assert {c["width"] for c in configs} <= {32, 64} and {c["batch_size"] for c in configs} == {256}
