@@ -31,7 +31,7 @@ def model_state(model: torch.nn.Module, ema=None) -> dict:
     average's update count ride along (`train_model`, `ema_updates`) for a resumed fold."""
     if ema is None:
         return {"model": model.state_dict()}
-    return {"model": ema.module.state_dict(), "train_model": model.state_dict(), "ema_updates": ema.updates}
+    return {"model": ema.state_dict()["module"], "train_model": model.state_dict(), "ema_updates": ema.updates}
 
 
 def restore_model(state: dict, model: torch.nn.Module, ema=None) -> None:

@@ -37,7 +37,9 @@ class WeightEMA:
         self.updates = 0
         pairs = list(zip(self._tensors(self.module), self._tensors(model), strict=True))
         self._float = ([e for e, m in pairs if e.is_floating_point()], [m for e, m in pairs if e.is_floating_point()])
-        self._other = [(e, m) for e, m in pairs if not e.is_floating_point()]  # BN's num_batches_tracked: copied
+        # BN's num_batches_tracked: unused by BN with a momentum (ours), so copied only into a state_dict, not
+        # by one small kernel per BN layer per step
+        self._other = [(e, m) for e, m in pairs if not e.is_floating_point()]
 
     @staticmethod
     def _tensors(model: torch.nn.Module) -> list[torch.Tensor]:
@@ -52,11 +54,12 @@ class WeightEMA:
     def update(self) -> None:
         """Move the average one step towards the trained model's current tensors."""
         get_ema_multi_avg_fn(self.decay_now())(*self._float, None)
-        for e, m in self._other:
-            e.copy_(m)
         self.updates += 1
 
+    @torch.no_grad()
     def state_dict(self) -> dict:
+        for e, m in self._other:
+            e.copy_(m)
         return {"module": self.module.state_dict(), "updates": self.updates}
 
     def load_state_dict(self, state: dict) -> None:

@@ -51,7 +51,8 @@ def train_loop(config: dict) -> None:
             ray.train.report(metrics)
             continue
         with tempfile.TemporaryDirectory() as d:
-            state = {k: v.detach().cpu() for k, v in (ema.module if ema else model).state_dict().items()}
+            kept = ema.state_dict()["module"] if ema else model.state_dict()
+            state = {k: v.detach().cpu() for k, v in kept.items()}
             torch.save(state, os.path.join(d, "model.pt"))
             ray.train.report({**metrics, "device": str(device)},
                              checkpoint=ray.train.Checkpoint.from_directory(d))

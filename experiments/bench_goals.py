@@ -52,8 +52,8 @@ GOALS = (
     ("best_test_acc_15min", "best test accuracy within 15 minutes of training", "", None),
     ("full_ensemble_test_acc", "test accuracy of the full preset's best 5-fold ensemble", ">= 0.945",
      lambda v: v >= 0.945),
-    ("recipe_ema_val_gain", "EMA of the weights (half-life 0.25 epoch): fold-mean val acc gain, quick preset "
-     "(paired, mean of 3 seeds)", "> 0", lambda v: v > 0),
+    ("recipe_ema_val_gain", "EMA of the weights (half-life 0.25 epoch): fold-mean val acc gain after the last "
+     "epoch, quick preset (paired, mean of 3 seeds)", "", None),
     ("recipe_ema_rung_gain", "... at the first ASHA rung (epoch = grace period)", "", None),
     ("recipe_ema_test_gain", "... 5-fold ensemble test acc gain (measured after the choice, never used for it)", "",
      None),
