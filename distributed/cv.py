@@ -32,7 +32,7 @@ from distributed.checkpoints import (epoch_dir, fold_file, fold_seed, latest_fol
                                      model_state, prune_old_epoch, restore_model, restore_rng, rng_state,
                                      write_fold_state, write_oof)
 from distributed.config import EXIT_BAD_INPUT, EXIT_DISK_FULL, apply_hparams, from_dict
-from distributed.ema import make_ema
+from distributed.ema import kept, make_ema
 from distributed.files import is_disk_full, low_disk_message
 from distributed.model import make_model
 from distributed.train import evaluate, make_optimizer, steps_per_epoch, train_one_epoch
@@ -110,8 +110,8 @@ def run_fold(job: dict, fold: Fold, cfg, run_root: str, coordinator, node: dict)
                              should_stop=lambda: ray.get(coordinator.is_over.remote(trial_id)))
         if tr.get("stopped"):
             return
-        kept = ema.module if ema else model  # the fold's model: validated, checkpointed, ensembled
-        ev = evaluate(kept, fold.x_val, fold.y_val, train_cfg.eval_batch_size, tta_flip=train_cfg.tta_flip)
+        ev = evaluate(kept(model, ema), fold.x_val, fold.y_val, train_cfg.eval_batch_size,
+                      tta_flip=train_cfg.tta_flip)
         metrics = {"fold": k, "epoch": epoch, **node, "lr": tr["lr"],
                    "seconds": tr["seconds"] + ev["seconds"],
                    "train_loss": tr["loss"], "train_acc": tr["acc"], "train_f1": tr["f1"],

@@ -67,6 +67,11 @@ class WeightEMA:
         self.updates = int(state["updates"])
 
 
+def kept(model: torch.nn.Module, ema: WeightEMA | None) -> torch.nn.Module:
+    """The fold's model, the one validated, checkpointed as `model` and ensembled: the average when there is one."""
+    return ema.module if ema is not None else model
+
+
 def make_ema(model: torch.nn.Module, halflife_epochs: float, steps_per_epoch: int) -> WeightEMA | None:
     """The model's WeightEMA, or None when the recipe has none (halflife 0)."""
     return WeightEMA(model, halflife_epochs, steps_per_epoch) if halflife_epochs > 0 else None

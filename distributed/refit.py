@@ -26,6 +26,7 @@ def train_loop(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    from distributed.checkpoints import model_state
     from distributed.config import ModelConfig, TrainConfig
     from distributed.ema import make_ema
     from distributed.model import make_model
@@ -51,8 +52,7 @@ def train_loop(config: dict) -> None:
             ray.train.report(metrics)
             continue
         with tempfile.TemporaryDirectory() as d:
-            kept = ema.state_dict()["module"] if ema else model.state_dict()
-            state = {k: v.detach().cpu() for k, v in kept.items()}
+            state = {k: v.detach().cpu() for k, v in model_state(model, ema)["model"].items()}
             torch.save(state, os.path.join(d, "model.pt"))
             ray.train.report({**metrics, "device": str(device)},
                              checkpoint=ray.train.Checkpoint.from_directory(d))

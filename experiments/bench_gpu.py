@@ -68,7 +68,7 @@ def fold_worker(rank: int, k: int, shared: dict, model_cfg: ModelConfig, train_c
     from distributed.checkpoints import fold_seed
     from distributed.config import ExperimentConfig
     from distributed.cv import Fold
-    from distributed.ema import make_ema
+    from distributed.ema import kept, make_ema
     from distributed.model import make_model
     from distributed.train import evaluate, make_optimizer, steps_per_epoch, train_one_epoch
     device = torch.device(device_name)
@@ -88,7 +88,7 @@ def fold_worker(rank: int, k: int, shared: dict, model_cfg: ModelConfig, train_c
     for _ in range(epochs):
         tr = train_one_epoch(model, opt, sched, data.x_tr, data.y_tr, cfg, ema=ema,
                              chunk=cfg.batch_size if chunk == "batch" else None)
-        ev = evaluate(ema.module if ema else model, data.x_val, data.y_val, cfg.eval_batch_size,
+        ev = evaluate(kept(model, ema), data.x_val, data.y_val, cfg.eval_batch_size,
                       tta_flip=cfg.tta_flip)
         out.append({"seconds": tr["seconds"] + ev["seconds"], "train_n": tr["n"], "val_n": ev["n"],
                     "val_acc": ev["acc"]})
