@@ -9,7 +9,7 @@ accuracy after the last epoch, after the first ASHA rung (epoch --grace-period: 
 by first), and of the K-fold ensemble's test accuracy. Nothing is chosen by these test accuracies: they only
 measure a change after it was made.
 
-    python experiments/bench.py --only recipe        # the quick preset, with and without EMA, 3 seeds (~12 min, 2 cores)
+    python experiments/bench.py --only recipe   # the quick preset, with and without EMA, 3 seeds (~12 min on 2 cores)
     python experiments/bench.py --only recipe --recipe-args "--preset full --num-gpus 1 --epochs 30"   # on a GPU
 """
 from __future__ import annotations
@@ -38,17 +38,16 @@ def run_figures(run_dir: Path) -> dict:
     import torch
 
     from analysis import evaluate
-    from analysis.metrics import accuracy, confusion_matrix
+    from analysis.metrics_json import score
     from analysis.run_tables import load_run
 
     run = load_run(run_dir)
     curve = run.epochs.groupby("epoch")["val_acc"].mean()
     devices = evaluate.inference_devices(run.folds, None, torch.cuda.device_count())
-    ev = evaluate.evaluate_best(run, evaluate.load_data(run), devices)
-    per_fold = [accuracy(confusion_matrix(ev.test_true, p.argmax(1))) for p in ev.test_probs_folds]
-    return {"val_acc_curve": [round(float(v), 5) for v in curve.values],
-            "val_acc_mean": float(curve.iloc[-1]), "test_acc": accuracy(confusion_matrix(ev.test_true, ev.test_pred)),
-            "test_acc_per_fold": per_fold, "oof_val_acc": float((ev.oof_pred == ev.oof_true).mean()),
+    scores = score(evaluate.evaluate_best(run, evaluate.load_data(run), devices))  # the report's own numbers
+    return {"val_acc_curve": [float(v) for v in curve.values],
+            "val_acc_mean": float(curve.iloc[-1]), "test_acc": scores["test"]["acc"],
+            "test_acc_per_fold": scores["test_acc_per_fold"], "oof_val_acc": scores["oof"]["acc"],
             "epochs": int(run.summary["max_epochs"]), "grace_period": run.config.search.grace_period,
             "wall_s": float(run.summary["wall_s"])}
 
